@@ -1,0 +1,40 @@
+"""Rich console output: run header, result tables, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(title: str, rows: list[tuple[str, str]] | list[dict], columns: list[str] | None = None) -> Table:
+    """Key/value rows (list of pairs) or records (list of dicts with ``columns``)."""
+    result = Table(title=title, title_justify="left")
+    if columns is None:
+        result.add_column("key", style="bold")
+        result.add_column("value", justify="right")
+        for key, value in rows:
+            result.add_row(key, value)
+        return result
+    for column in columns:
+        result.add_column(column, overflow="fold")
+    for row in rows:
+        result.add_row(*(format_value(row.get(column, "")) for column in columns))
+    return result
+
+
+def error(message: str) -> None:
+    """One line on stderr, no markup interpretation."""
+    print(f"prune: error: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,94 @@
+"""Mask selection shared by every unstructured method: given scores, which weights to zero.
+
+A mask is a bool tensor, ``True`` = pruned. Conventions, the same in every method:
+
+* **count**: a comparison group of ``n`` scores loses ``k = floor(s * n)`` weights, the
+  largest count not above the target (so 70% of a 576-wide row prunes 403, as the Wanda code);
+* **ties**: among equal scores the lower flat index (row-major) is pruned first, which is what
+  a stable ascending sort gives. Weights of a 4-bit-derived model tie often; this rule makes
+  every mask deterministic and the pruned count exact;
+* **N:M**: in each run of ``M`` consecutive input weights of a row, the ``M - N`` lowest
+  scores are pruned (same tie rule), so sparsity is exactly ``1 - N/M``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from prunecli.errors import PruneError
+
+
+def prune_count(numel: int, sparsity: float) -> int:
+    """``floor(sparsity * numel)``, robust to float error (0.29 * 100 -> 29, not 28)."""
+    return min(numel, math.floor(sparsity * numel + 1e-6))
+
+
+def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ``k`` lowest entries of a 1-D tensor; ties go to the lower index.
+
+    Uses ``kthvalue`` rather than a full sort, so it scales to global masks over ~1e8 scores.
+    """
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return mask
+    if k >= scores.numel():
+        return mask.fill_(True)
+    threshold = torch.kthvalue(scores, k).values
+    mask = scores < threshold
+    missing = k - int(mask.sum())
+    ties = torch.nonzero(scores == threshold).flatten()[:missing]
+    mask[ties] = True
+    return mask
+
+
+def rowwise_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune ``floor(s * cols)`` lowest scores in every row (stable sort: ties to the lower column)."""
+    k = prune_count(scores.shape[1], sparsity)
+    order = torch.sort(scores, dim=1, stable=True).indices[:, :k]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+
+
+def layerwise_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Prune ``floor(s * numel)`` lowest scores of the whole matrix."""
+    return lowest_k(scores.flatten(), prune_count(scores.numel(), sparsity)).view_as(scores)
+
+
+def global_masks(scores: Sequence[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+    """One threshold across all matrices: ``floor(s * total)`` lowest scores overall."""
+    flat = torch.cat([s.flatten().float() for s in scores])
+    mask = lowest_k(flat, prune_count(flat.numel(), sparsity))
+    return [part.view_as(s) for part, s in zip(torch.split(mask, [s.numel() for s in scores]), scores)]
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int, layer: str = "") -> torch.Tensor:
+    """N:M mask: keep the ``n`` highest of every ``m`` consecutive inputs of each row."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise PruneError(f"pattern {n}:{m}: M={m} does not divide the input dimension {cols} of layer {layer or '?'}")
+    groups = scores.reshape(rows, cols // m, m)
+    order = torch.sort(groups, dim=2, stable=True).indices[:, :, : m - n]
+    return torch.zeros_like(groups, dtype=torch.bool).scatter_(2, order, True).view(rows, cols)
+
+
+def parse_pattern(pattern: str | None, sparsity: float) -> tuple[int, int] | None:
+    """``"unstructured"``/None -> None; ``"N:M"`` -> (N, M), checked against ``sparsity``."""
+    if pattern in (None, "", "unstructured"):
+        return None
+    try:
+        n, m = (int(part) for part in str(pattern).split(":"))
+    except ValueError:
+        raise PruneError(f"pattern must be 'unstructured' or 'N:M' like 2:4 (got {pattern!r})") from None
+    if not 0 < n < m:
+        raise PruneError(f"pattern {pattern}: need 0 < N < M")
+    implied = 1 - n / m
+    if abs(implied - sparsity) > 1e-9:
+        raise PruneError(f"pattern {pattern} means sparsity {implied:g}, but sparsity={sparsity:g}; set sparsity={implied:g}")
+    return n, m
+
+
+def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """Zero the pruned entries in place (``weight`` may be a transposed view)."""
+    weight.masked_fill_(mask.to(weight.device), 0)

@@ -1,0 +1,68 @@
+"""Model loading: one loader per ``model.source``, all returning a :class:`LoadedModel`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from prunecli.errors import PruneError
+from prunecli.registry import Registry
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for pruning, with what the pipeline needs to know about it."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    task: str  # "causal_lm" or "encoder"
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def max_length(self) -> int:
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            if getattr(config, key, None):
+                return int(getattr(config, key))
+        raise PruneError(f"cannot tell the context length of {type(self.model).__name__}")
+
+
+# A loader takes the ``model`` config node and returns (model, tokenizer, task).
+MODEL_SOURCES: Registry[Callable[[Any], tuple[nn.Module, Any, str]]] = Registry("model source")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; asking for cuda without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise PruneError(f"model.device={name} was asked for but CUDA is not available (torch {torch.__version__}: {build})")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise PruneError(f"unknown model.dtype {name!r} (choose from: {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+def load_model(cfg: Any) -> LoadedModel:
+    """Load ``cfg.model`` on its device and dtype, in eval mode."""
+    device = resolve_device(cfg.model.device)
+    dtype = resolve_dtype(cfg.model.dtype)
+    model, tokenizer, task = MODEL_SOURCES.get(cfg.model.source)(cfg.model)
+    model = model.to(device=device, dtype=dtype).eval()
+    return LoadedModel(model, tokenizer, cfg.model.name, task, device, dtype)
+
+
+# Register the loaders.
+from prunecli.models import hub, packaged, tiny  # noqa: E402,F401

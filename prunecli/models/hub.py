@@ -1,0 +1,53 @@
+"""``model.source=hf``: any Hugging Face ``name_or_path`` (hub id or local folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prunecli.errors import PruneError
+from prunecli.models import MODEL_SOURCES
+
+
+def task_of(config: Any, requested: str) -> str:
+    """``causal_lm`` when the architecture has a causal-LM head class, else ``encoder``."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if requested != "auto":
+        return requested
+    return "causal_lm" if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else "encoder"
+
+
+def from_pretrained(name_or_path: str, task: str = "auto", trust_remote_code: bool = False, revision: str | None = None):
+    """Load config, model and tokenizer with the transformers Auto classes."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"trust_remote_code": bool(trust_remote_code), "revision": revision}
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        task = task_of(config, task)
+        auto = AutoModelForCausalLM if task == "causal_lm" else AutoModel
+        model = auto.from_pretrained(name_or_path, config=config, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PruneError(f"could not load model {name_or_path!r} (no local folder, cache or hub access?): {first_line}") from err
+    return model, tokenizer, task
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != "" or name_or_path.count("/") > 1
+
+
+@MODEL_SOURCES.register("hf")
+def load_hf(cfg: Any):
+    """A hub id (``gpt2``, ``HuggingFaceTB/SmolLM2-135M``) or a folder written by ``save_pretrained``."""
+    name = cfg.get("name_or_path")
+    if not name:
+        raise PruneError("model=hf needs model.name_or_path=<hub id or local folder>")
+    name = str(name)
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise PruneError(f"model path {name!r} does not exist")
+    if Path(name).expanduser().exists():
+        name = str(Path(name).expanduser())
+    return from_pretrained(name, cfg.get("task", "auto"), cfg.get("trust_remote_code", False), cfg.get("revision"))

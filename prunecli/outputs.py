@@ -1,0 +1,66 @@
+"""Per-run files, each written atomically (temp file in the same folder, then ``os.replace``).
+
+A run directory is finished when its ``metrics.json`` exists: it is written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+# results.csv columns, the same for every run so that ``prune report`` can stack them.
+RESULT_COLUMNS = [
+    "run_id", "status", "model", "method", "pattern", "sparsity_target", "sparsity_actual",
+    "sparsity_all_params", "params_total", "params_nonzero", "ppl", "ppl_dense", "nll",
+    "prefill_ms", "prefill_tokens_per_s", "prune_s", "eval_s", "total_s", "peak_memory_mb",
+    "error", "run_dir",
+]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def jsonable(value: Any) -> Any:
+    """NaN/inf become null so the file stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(jsonable(data), indent=2, default=str) + "\n")
+
+
+def write_csv(path: Path, rows: Iterable[dict], columns: list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_run(run_dir: Path, metrics: dict, layers: list[dict]) -> None:
+    """layers.csv, results.csv, then metrics.json (last: its presence marks the run finished)."""
+    if layers:
+        write_csv(run_dir / "layers.csv", layers, list(layers[0]))
+    write_csv(run_dir / "results.csv", [metrics], RESULT_COLUMNS)
+    write_json(run_dir / "metrics.json", metrics)

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random models built from configs, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunecli.models.tiny import build_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = REPO.parent / "shared" / "protocol"
+
+TINY_CONFIGS = {
+    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=97, max_position_embeddings=256),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, vocab_size=97, n_positions=256),
+    "opt": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=97,
+                max_position_embeddings=256, word_embed_proj_dim=64),
+    "bert": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=97,
+                 max_position_embeddings=256),
+}
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    model, _ = build_tiny(arch, dict(TINY_CONFIGS[arch]), seed)
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def any_tiny_model(request):
+    return request.param, tiny_model(request.param)
+
+
+def run_prune(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the ``prune`` console script in ``cwd`` (outputs/ lands there)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-c", "from prunecli.cli import main; main()", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A small local .txt corpus, long enough for a few windows of 32 tiny-model tokens."""
+    text = "\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog near river {i}." for i in range(200))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
