@@ -1,41 +1,63 @@
 """The Hydra task behind ``prune run``: thin glue between Hydra and :mod:`prunecli.pipeline`.
 
-Bad input found before any stage runs leaves no run directory behind in a single run (it
-is removed); in a sweep the job is recorded as failed and the sweep goes on. A failure
-after that point is written as ``status: failed`` with the reason; the traceback goes to
-the run's log file, never to the console.
+* Bad input found before any stage runs leaves no run directory behind in a single run (it
+  is removed); in a sweep the job is recorded as ``failed`` and the sweep goes on.
+* A failure after that point is written as ``status: failed`` with the reason; the
+  traceback goes to the run's log file, never to the console.
+* Resume (``resume=auto``: on in sweeps): a job whose run id already has a ``completed``
+  record under ``resume_root`` is skipped and recorded as ``skipped``.
+* :class:`SweepSummary` (a Hydra callback) prints completed / skipped / failed counts at the
+  end of a sweep, whatever the launcher, and makes ``prune`` exit non-zero on failures.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from prunecli import console, outputs, pipeline
 from prunecli.config import config_dir
 from prunecli.errors import PruneError
+from prunecli.tracking import track
 
 log = logging.getLogger("prunecli")
 
-# Jobs of this process that failed, for the sweep summary and the exit code.
-FAILED: list[dict] = []
+# Set by SweepSummary at the end of a sweep in this process: the failed job records.
+SWEEP_FAILURES: list[dict] = []
 
 
-def record_failure(cfg: DictConfig, run_dir: Path, overrides: list[str], err: BaseException) -> dict:
-    record = pipeline.base_record(cfg, run_dir, overrides) | {
-        "error": f"{type(err).__name__}: {err}" if not isinstance(err, PruneError) else str(err),
-        "error_type": type(err).__name__,
-    }
-    outputs.write_run(run_dir, record, [])
-    FAILED.append(record)
-    return record
+def record_failure(cfg: DictConfig, run_dir: Path, overrides: list[str], err: BaseException) -> None:
+    message = str(err) if isinstance(err, PruneError) else f"{type(err).__name__}: {err}"
+    outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | {"error": message, "error_type": type(err).__name__}, [])
+
+
+def resume_enabled(cfg: DictConfig, multirun: bool) -> bool:
+    setting = cfg.get("resume", "auto")
+    return multirun if setting == "auto" else bool(setting)
+
+
+def completed_run(run_id: str, root: Path, exclude: Path) -> Path | None:
+    """A finished run directory with this id under ``root`` (its metrics.json says completed)."""
+    for metrics in root.rglob("metrics.json"):
+        if metrics.parent == exclude or not (metrics.parent / "results.csv").exists():
+            continue
+        try:
+            record = json.loads(metrics.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("run_id") == run_id and record.get("status") == "completed":
+            return metrics.parent
+    return None
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="run")
@@ -44,27 +66,61 @@ def run(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    label = f"job {hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'})" if multirun else "run"
+    if resume_enabled(cfg, multirun):
+        done = completed_run(pipeline.run_id(cfg), Path(cfg.get("resume_root", "outputs")), run_dir)
+        if done is not None:
+            outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | {"status": "skipped", "completed_run_dir": str(done)}, [])
+            console.console.print(f"{label}: skipped, already completed in {done}")
+            return None
     try:
         prepared = pipeline.prepare(cfg)
     except PruneError as err:
         if multirun:
             record_failure(cfg, run_dir, overrides, err)
-            console.error(f"job {hydra_cfg.job.num} ({' '.join(overrides)}): {err}")
+            console.error(f"{label}: {err}")
             return None
         shutil.rmtree(run_dir, ignore_errors=True)
         console.error(str(err))
         sys.exit(2)
-    console.console.print(console.table("prune run", pipeline.header_rows(cfg)))
-    try:
-        metrics, layers = pipeline.execute(prepared, run_dir, overrides)
-    except Exception as err:  # any failure of a started run is recorded, not lost
-        log.exception("run failed")
-        record_failure(cfg, run_dir, overrides, err)
-        console.error(f"run failed: {err} (details in {run_dir})")
+    except Exception as err:  # an unexpected failure while loading: recorded like a failed run
+        prepared = None
+        failure = err
+    else:
+        failure = None
+    if prepared is not None:
+        console.console.print(console.table("prune run", pipeline.header_rows(cfg)))
+        try:
+            metrics, layers = pipeline.execute(prepared, run_dir, overrides)
+        except Exception as err:  # any failure of a started run is recorded, not lost
+            failure = err
+    if failure is not None:
+        log.error("%s failed", label, exc_info=failure)
+        record_failure(cfg, run_dir, overrides, failure)
+        console.error(f"{label} failed: {failure} (details in {run_dir})")
         if multirun:
             return None
         sys.exit(1)
     outputs.write_run(run_dir, metrics, layers)
+    track(cfg, run_dir, metrics)
     console.console.print(console.table("results", pipeline.result_table_rows(metrics)))
     console.console.print(f"run directory: {run_dir}")
     return metrics.get("ppl")
+
+
+class SweepSummary(Callback):
+    """At the end of a sweep: count the jobs' records by status and list the failed ones."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        records = []
+        for metrics in sorted(Path(config.hydra.sweep.dir).rglob("metrics.json")):
+            try:
+                records.append(json.loads(metrics.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        counts = {status: sum(r.get("status") == status for r in records) for status in ("completed", "skipped", "failed")}
+        failed = [r for r in records if r.get("status") == "failed"]
+        SWEEP_FAILURES[:] = failed
+        console.console.print(f"sweep {config.hydra.sweep.dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        for record in failed:
+            console.console.print(f"  failed: {' '.join(record.get('overrides', [])) or '(defaults)'}: {record.get('error')}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -19,8 +20,9 @@ def config_groups() -> dict[str, list[str]]:
     """Config group (e.g. ``method``, ``data/eval``) -> the option names it offers."""
     root = config_dir()
     groups: dict[str, list[str]] = {}
-    for yaml in root.rglob("*.yaml"):
-        group = yaml.parent.relative_to(root).as_posix()
-        if group != ".":
-            groups.setdefault(group, []).append(yaml.stem)
+    for folder, _, files in os.walk(root, followlinks=True):  # configs/experiment links to experiments/
+        group = Path(folder).relative_to(root).as_posix()
+        names = [Path(name).stem for name in files if name.endswith(".yaml")]
+        if group != "." and names:
+            groups.setdefault(group, []).extend(names)
     return {group: sorted(names) for group, names in sorted(groups.items())}

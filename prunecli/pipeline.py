@@ -26,17 +26,23 @@ from prunecli.environment import environment, peak_memory_mb
 from prunecli.errors import PruneError
 from prunecli.evaluate import EVALUATORS
 from prunecli.methods import METHODS, PruneContext
+from prunecli.methods.allocation import ALLOCATIONS
 from prunecli.methods.masks import parse_pattern
-from prunecli.methods.targets import select_layers
+from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models import LoadedModel, load_model
 from prunecli.sparsity import sparsity_summary
+from prunecli.tracking import check_available as check_tracker
 
 log = logging.getLogger(__name__)
 
 
+# Keys that say how to run, not what to compute: not part of the run id.
+BOOKKEEPING_KEYS = ("resume", "resume_root", "save_model", "logger")
+
+
 def run_id(cfg: DictConfig) -> str:
-    """Stable id: hash of the resolved run config (Hydra's own settings are not part of it)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    """Stable id: hash of the resolved run config (Hydra's own settings and bookkeeping excluded)."""
+    resolved = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in BOOKKEEPING_KEYS}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -48,10 +54,17 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
     for key in ("seqlen", "nsamples"):
         if not isinstance(cfg.data[key], int) or cfg.data[key] < 1:
             raise PruneError(f"data.{key} must be a positive integer (got {cfg.data[key]!r})")
-    METHODS.get(cfg.method.name)
+    check_method = getattr(METHODS.get(cfg.method.name), "check_options", None)  # structured methods check early
+    if check_method is not None:
+        check_method(cfg.method, float(sparsity))
+    ALLOCATIONS.get(cfg.allocation)
     EVALUATORS.get(cfg.eval.name)
     BENCHMARKS.get(cfg.benchmark.name)
-    return parse_pattern(cfg.get("pattern"), float(sparsity))
+    check_tracker(cfg.logger.name)
+    nm = parse_pattern(cfg.get("pattern"), float(sparsity))
+    if nm is not None and cfg.allocation != "uniform":
+        raise PruneError(f"allocation={cfg.allocation} gives blocks different sparsities, which an N:M pattern cannot; use allocation=uniform")
+    return nm
 
 
 @dataclass
@@ -63,6 +76,7 @@ class Prepared:
     layers: dict
     nm: tuple[int, int] | None
     evaluate: Callable[[torch.nn.Module], dict]
+    calibration: torch.Tensor | None  # (nsamples, seqlen) windows, for data-aware methods only
     timings: dict = field(default_factory=dict)
 
 
@@ -87,40 +101,51 @@ def prepare(cfg: DictConfig) -> Prepared:
     if cfg.data.seqlen > loaded.max_length:
         raise PruneError(f"data.seqlen={cfg.data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore)
+    if nm is not None:
+        check_nm_divides(layers, nm)
     with stage(timings, "data"):
         evaluate = EVALUATORS.get(cfg.eval.name)(loaded, cfg)
-    return Prepared(cfg, loaded, layers, nm, evaluate, timings)
-
-
-def calibration_loader(cfg: DictConfig, loaded: LoadedModel, timings: dict) -> Callable[[], torch.Tensor]:
-    """Build the calibration windows on first use (only data-aware methods pay for them)."""
-    cache: list[torch.Tensor] = []
-
-    def windows() -> torch.Tensor:
-        if not cache:
-            start = time.perf_counter()
+    windows = None
+    if needs_calibration(cfg):
+        with stage(timings, "calibration_data"):
             documents = load_documents(cfg.data.calibration)
-            cache.append(calibration_windows(loaded.tokenizer, documents, cfg.data.nsamples, cfg.data.seqlen, cfg.data.seed))
-            timings["calibration_data"] = time.perf_counter() - start
-        return cache[0]
+            windows = calibration_windows(loaded.tokenizer, documents, cfg.data.nsamples, cfg.data.seqlen, cfg.data.seed)
+    return Prepared(cfg, loaded, layers, nm, evaluate, windows, timings)
 
-    return windows
+
+def needs_calibration(cfg: DictConfig) -> bool:
+    """Data-aware methods (``method.calibration: true``) and the OWL allocation use calibration windows."""
+    return bool(cfg.method.get("calibration", False)) or (cfg.method.get("prunes", True) and cfg.allocation == "owl")
+
+
+def check_nm_divides(layers: dict, nm: tuple[int, int]) -> None:
+    for name, module in layers.items():
+        columns = weight_matrix(module).shape[1]
+        if columns % nm[1]:
+            raise PruneError(f"pattern {nm[0]}:{nm[1]}: M={nm[1]} does not divide the input dimension {columns} of layer {name}")
 
 
 def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict]]:
     """Run the timed stages; return the run record and the per-layer sparsity table."""
     cfg, loaded, timings = prepared.cfg, prepared.loaded, prepared.timings
     metrics: dict[str, Any] = {}
-    if cfg.eval.get("baseline", False) and cfg.method.name != "dense":
+    if cfg.eval.get("baseline", False) and cfg.method.get("prunes", True):
         with stage(timings, "eval_dense"):
             metrics["ppl_dense"] = prepared.evaluate(loaded.model).get("ppl")
     ctx = PruneContext(
         model=loaded.model, layers=prepared.layers, sparsity=float(cfg.sparsity), nm=prepared.nm,
-        options=cfg.method, device=loaded.device, calibration=calibration_loader(cfg, loaded, timings),
+        options=cfg.method, device=loaded.device, calibration=prepared.calibration,
     )
+    params_before = sum(p.numel() for p in loaded.model.parameters())
     with stage(timings, "prune"):
+        if cfg.method.get("prunes", True):
+            ctx.layer_sparsity = ALLOCATIONS.get(cfg.allocation)(ctx, cfg)
         METHODS.get(cfg.method.name)(ctx)
-    summary, layer_rows = sparsity_summary(loaded.model, prepared.layers)
+    # A structured method replaced layers (or whole blocks): count what the model has now.
+    layers = select_layers(loaded.model, cfg.targets, cfg.ignore) if cfg.method.get("structured", False) else prepared.layers
+    summary, layer_rows = sparsity_summary(loaded.model, layers)
+    summary["params_removed"] = params_before - summary["params_total"]
+    summary["params_removed_frac"] = summary["params_removed"] / params_before
     with stage(timings, "eval"):
         metrics.update(prepared.evaluate(loaded.model))
     with stage(timings, "benchmark"):
@@ -128,16 +153,18 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     if cfg.save_model:
         with stage(timings, "save"):
             save_model(loaded, run_dir / "model")
+    record = base_record(cfg, run_dir, overrides)
+    record["calibration"].update(ctx.stats.pop("calibration", {}))  # settings + per-pass timings
     metrics.update(summary)
     metrics.update(ctx.stats)
     metrics.update(
-        prune_s=timings["prune"] + timings.get("calibration_data", 0.0),
+        prune_s=timings["prune"] + timings.get("calibration_data", 0.0),  # calibration + pruning
         eval_s=timings["eval"],
         timings=timings,
         peak_memory_mb=peak_memory_mb(loaded.device),
         environment=environment(loaded.device),
     )
-    return base_record(cfg, run_dir, overrides) | metrics | {"status": "completed"}, layer_rows
+    return record | metrics | {"status": "completed"}, layer_rows
 
 
 def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
@@ -167,7 +194,7 @@ def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     data = cfg.data
     return [
         ("model", f"{cfg.model.name} ({cfg.model.dtype}, device={cfg.model.device})"),
-        ("method", f"{cfg.method.name}  sparsity={cfg.sparsity}  pattern={cfg.get('pattern') or 'unstructured'}"),
+        ("method", f"{cfg.method.name}  sparsity={cfg.sparsity}  pattern={cfg.get('pattern') or 'unstructured'}  allocation={cfg.allocation}"),
         ("targets", f"{cfg.targets}  ignore={list(cfg.ignore or [])}"),
         ("calibration", f"{data.calibration.source}  nsamples={data.nsamples} seqlen={data.seqlen} seed={data.seed}"),
         ("eval", f"{cfg.eval.name} on {data.eval.source}  max_eval_tokens={data.max_eval_tokens}"),
@@ -178,5 +205,5 @@ def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
 def result_table_rows(metrics: dict) -> list[tuple[str, str]]:
     """The key figures for the console summary."""
     keys = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "sparsity_all_params",
-            "params_total", "params_nonzero", "ppl_dense", "ppl", "prefill_ms", "prune_s", "eval_s", "peak_memory_mb"]
+            "params_total", "params_nonzero", "params_removed", "params_removed_frac", "ppl_dense", "ppl", "prefill_ms", "prune_s", "eval_s", "peak_memory_mb"]
     return [(key, console.format_value(metrics[key])) for key in keys if metrics.get(key) is not None]

@@ -1,11 +1,16 @@
 """``prune report PATH...``: stack every run's ``results.csv`` below the paths into one table.
 
-Completed runs are sorted by model / method / sparsity; failed runs are listed with their
-reason, never dropped. Writes ``report.csv`` (all columns) and ``report.md`` (the shown ones).
+One row per ``run_id`` (a completed row wins, then the newest run directory); ``skipped`` rows are
+dropped; ``--where KEY=VALUE`` keeps the matching runs. Completed runs are sorted by model / method
+/ sparsity; failed runs are listed with their reason, never dropped. Written next to the first path
+(or into ``--output``): ``report.csv`` (all columns), ``report.md|tex`` (the shown ones),
+``pivot.csv|md|tex`` with ``--pivot``, ``latency.csv`` (every run's ``latency.csv`` stacked) when
+runs have one, and ``plots/`` with ``--plot``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +21,15 @@ from prunecli.outputs import write_atomic
 
 DEFAULT_COLUMNS = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "ppl", "ppl_dense", "prefill_ms", "prune_s", "eval_s"]
 SORT_KEYS = ["model", "method", "pattern", "sparsity_target"]
+SOURCE = "_source"  # internal column: the folder a row's results.csv was read from
+SUFFIXES = {"csv": "csv", "md": "md", "latex": "tex"}
+PIVOT_KEYS = {"rows": "rows", "index": "rows", "cols": "cols", "columns": "cols", "values": "values"}
+LATENCY_IDS = ["run_id", "model", "method", "pattern", "sparsity_target"]
+LATENCY_BARS = ["backend", "phase", "median_ms"]
+LATEX_SPECIAL = {
+    "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+}
 
 
 def find_results(paths: list[str]) -> list[Path]:
@@ -30,36 +44,297 @@ def find_results(paths: list[str]) -> list[Path]:
 
 
 def load_results(paths: list[str]) -> pd.DataFrame:
+    """All rows, sorted, each tagged (column ``SOURCE``) with the folder its file is in."""
     files = find_results(paths)
     if not files:
         raise PruneError(f"no run results (results.csv) found below {', '.join(paths)}")
-    frame = pd.concat([pd.read_csv(file) for file in files], ignore_index=True)
+    frames = [pd.read_csv(file, dtype={"run_id": "str"}).assign(**{SOURCE: str(file.parent)}) for file in files]
+    frame = pd.concat(frames, ignore_index=True)
     return frame.sort_values([key for key in SORT_KEYS if key in frame], kind="stable", ignore_index=True)
+
+
+def data_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of the results, without the internal source column."""
+    return [column for column in frame.columns if column != SOURCE]
+
+
+def check_columns(frame: pd.DataFrame, names: list[str], option: str) -> None:
+    """Every name must be a column of the results; else one line listing the available ones."""
+    unknown = [name for name in names if name not in data_columns(frame)]
+    if unknown:
+        raise PruneError(f"{option}: unknown column(s) {', '.join(unknown)} (available: {', '.join(data_columns(frame))})")
+
+
+def finished_at(folder: str) -> float:
+    """When a run directory was finished: the mtime of its metrics.json (written last)."""
+    marker = Path(folder) / "metrics.json"
+    return (marker if marker.exists() else Path(folder) / "results.csv").stat().st_mtime
+
+
+def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``run_id``: ``skipped`` rows go, then a completed row wins, then the newest one."""
+    runs = frame[frame["status"] != "skipped"]
+    ranked = runs.assign(completed=runs["status"] == "completed", finished=runs[SOURCE].map(finished_at))
+    keep = ranked.sort_values(["completed", "finished"], ascending=False, kind="stable").drop_duplicates("run_id").index
+    skipped, duplicates = len(frame) - len(runs), len(runs) - len(keep)
+    if skipped or duplicates:
+        console.console.print(f"dropped {skipped} skipped and {duplicates} duplicate row(s) (same run_id)")
+    return frame.loc[keep.sort_values()].reset_index(drop=True)
+
+
+def parse_where(conditions: list[str], frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` strings -> (column, value) pairs; every column must exist."""
+    pairs = []
+    for condition in conditions:
+        key, sep, value = condition.partition("=")
+        if not sep or not key.strip():
+            raise PruneError(f"--where expects KEY=VALUE (got {condition!r})")
+        pairs.append((key.strip(), value.strip()))
+    check_columns(frame, [key for key, _ in pairs], "--where")
+    return pairs
+
+
+def as_number(text: str) -> float | None:
+    """The text as a number, or None when it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def matches(column: pd.Series, value: str) -> pd.Series:
+    """Cells equal to ``value`` as written in the CSV (empty for a missing one), or as numbers."""
+    equal = column.map(lambda cell: "" if pd.isna(cell) else str(cell)) == value
+    number = as_number(value)
+    return equal if number is None else equal | (pd.to_numeric(column, errors="coerce") == number)
+
+
+def select(frame: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """The rows matching every (column, value) pair."""
+    mask = pd.Series(True, index=frame.index)
+    for key, value in pairs:
+        mask &= matches(frame[key], value)
+    return frame[mask].reset_index(drop=True)
+
+
+def parse_pivot(spec: str, frame: pd.DataFrame) -> dict[str, list[str]]:
+    """``rows=a+b,cols=c,values=v`` (also ``index=`` / ``columns=``) -> the column lists."""
+    parts: dict[str, list[str]] = {"cols": []}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() not in PIVOT_KEYS or not value.strip():
+            raise PruneError(f"--pivot expects rows=COL[+COL],cols=COL[+COL],values=COL (got {item!r})")
+        parts[PIVOT_KEYS[key.strip()]] = [name.strip() for name in value.split("+")]
+    if "rows" not in parts or len(parts.get("values", [])) != 1:
+        raise PruneError(f"--pivot needs rows=COL and one values=COL (got {spec!r})")
+    check_columns(frame, [name for names in parts.values() for name in names], "--pivot")
+    if not pd.api.types.is_numeric_dtype(frame[parts["values"][0]]):
+        raise PruneError(f"--pivot: values column {parts['values'][0]!r} is not numeric")
+    return parts
+
+
+def pivot_table(frame: pd.DataFrame, parts: dict[str, list[str]]) -> pd.DataFrame | None:
+    """Mean of the values column per rows x cols cell over the completed runs, with flat column names."""
+    completed = frame[frame["status"] == "completed"]
+    if completed.empty:
+        return None
+    options = dict(index=parts["rows"], columns=parts["cols"] or None, values=parts["values"][0])
+    shared = int((completed.pivot_table(**options, aggfunc="count") > 1).to_numpy().sum())
+    if shared:
+        console.console.print(f"note: {shared} pivot cell(s) hold several runs; their mean is shown")
+    table = completed.pivot_table(**options, aggfunc="mean")
+    table.columns = [" / ".join(map(str, label)) if isinstance(label, tuple) else str(label) for label in table.columns]
+    return table.reset_index()
+
+
+def cells(frame: pd.DataFrame) -> list[list[str]]:
+    """Every value as text (numbers to 4 significant digits, missing ones empty)."""
+    return [[console.format_value(value) if pd.notna(value) else "" for value in row] for row in frame.itertuples(index=False)]
 
 
 def markdown(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (numbers to 4 significant digits)."""
-    cells = [[console.format_value(value) if pd.notna(value) else "" for value in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells(frame)]
     return "\n".join(lines) + "\n"
 
 
-def main(paths: list[str], columns: list[str] | None = None, output: str | None = None) -> pd.DataFrame:
-    frame = load_results(paths)
-    columns = columns or [column for column in DEFAULT_COLUMNS if column in frame]
-    unknown = [column for column in columns if column not in frame]
-    if unknown:
-        raise PruneError(f"unknown column(s) {', '.join(unknown)} (available: {', '.join(frame.columns)})")
+def latex_escape(text: str) -> str:
+    """Text with LaTeX's special characters escaped."""
+    return "".join(LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def latex(frame: pd.DataFrame) -> str:
+    """A booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); numeric columns right-aligned."""
+    align = "".join("r" if pd.api.types.is_numeric_dtype(dtype) else "l" for dtype in frame.dtypes)
+    rows = [" & ".join(latex_escape(cell) for cell in row) + r" \\" for row in [list(map(str, frame.columns)), *cells(frame)]]
+    return "\n".join([rf"\begin{{tabular}}{{{align}}}", r"\toprule", rows[0], r"\midrule", *rows[1:], r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """The table as CSV, Markdown or LaTeX text."""
+    writers = {"csv": lambda table: table.to_csv(index=False), "md": markdown, "latex": latex}
+    return writers[fmt](frame)
+
+
+def show_runs(frame: pd.DataFrame, columns: list[str]) -> None:
+    """Completed runs as one table, the others (with their error) as a second one."""
     completed = frame[frame["status"] == "completed"]
     failed = frame[frame["status"] != "completed"]
     console.console.print(console.table(f"{len(completed)} completed run(s)", completed[columns].to_dict("records"), columns))
     if len(failed):
         failed_columns = [c for c in ["model", "method", "sparsity_target", "error", "run_dir"] if c in frame]
         console.console.print(console.table(f"{len(failed)} failed run(s)", failed[failed_columns].to_dict("records"), failed_columns))
+
+
+def write_reports(frame: pd.DataFrame, columns: list[str], target: Path, fmt: str) -> None:
+    """``report.csv`` (every column) and, unless the format is CSV, ``report.md|tex`` (the shown ones)."""
+    written = [target / "report.csv"]
+    write_atomic(written[0], frame[data_columns(frame)].to_csv(index=False))
+    if fmt != "csv":
+        path = target / f"report.{SUFFIXES[fmt]}"
+        write_atomic(path, render(frame[columns], fmt))
+        written.append(path)
+    console.console.print(f"wrote {' and '.join(map(str, written))}")
+
+
+def write_pivot(frame: pd.DataFrame, parts: dict[str, list[str]], target: Path, fmt: str) -> None:
+    """Print the pivot table and write it as ``pivot.csv|md|tex``."""
+    table = pivot_table(frame, parts)
+    if table is None:
+        console.console.print("no completed runs to pivot")
+        return
+    title = f"mean {parts['values'][0]} by {'+'.join(parts['rows'])}" + (f" x {'+'.join(parts['cols'])}" if parts["cols"] else "")
+    shown = table.astype(object).where(table.notna(), "")
+    console.console.print(console.table(title, shown.to_dict("records"), list(table.columns)))
+    path = target / f"pivot.{SUFFIXES[fmt]}"
+    write_atomic(path, render(table, fmt))
+    console.console.print(f"wrote {path}")
+
+
+def merge_latency(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """Every listed run's ``latency.csv`` stacked, each row led by its run's identifying columns."""
+    parts = []
+    for row in frame.to_dict("records"):
+        path = Path(row[SOURCE]) / "latency.csv"
+        if path.exists():
+            latency = pd.read_csv(path)
+            ids = pd.DataFrame({key: row[key] for key in LATENCY_IDS}, index=latency.index)
+            parts.append(ids.join(latency.drop(columns=LATENCY_IDS, errors="ignore")))
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def write_latency(latency: pd.DataFrame, target: Path) -> None:
+    """Write the stacked latency rows (as ``report_latency.csv`` in a run directory, whose own file stays)."""
+    path = target / ("report_latency.csv" if (target / "results.csv").exists() else "latency.csv")
+    write_atomic(path, latency.to_csv(index=False))
+    console.console.print(f"stacked the latency of {latency['run_id'].nunique()} run(s) into {path}")
+
+
+def require_matplotlib() -> None:
+    """Fail before anything is written when --plot cannot draw."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PruneError("--plot needs matplotlib: pip install 'prunecli[plot]'")
+
+
+def new_figure():
+    """A matplotlib figure drawn by the Agg backend (no pyplot, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def line_keys(frame: pd.DataFrame) -> list[str]:
+    """What tells runs apart in a figure: method and pattern, led by the model when there are several."""
+    return (["model"] if frame["model"].nunique() > 1 else []) + ["method", "pattern"]
+
+
+def plot_ppl(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """``ppl_vs_sparsity.png`` and its data: perplexity (log) over target sparsity, one line per method + pattern."""
+    keys = line_keys(frame)
+    completed = frame[frame["status"] == "completed"].dropna(subset=["ppl"])
+    data = completed.groupby([*keys, "sparsity_target"], as_index=False)["ppl"].mean()
+    if data.empty:
+        console.console.print("no completed run with a perplexity: ppl_vs_sparsity.png not drawn")
+        return []
+    write_atomic(folder / "ppl_vs_sparsity.csv", data.to_csv(index=False))
+    figure = new_figure()
+    axes = figure.subplots()
+    for key, line in data.groupby(keys):
+        axes.plot(line["sparsity_target"], line["ppl"], marker="o", label=" ".join(map(str, key)))
+    axes.set(xlabel="target sparsity", ylabel="perplexity", yscale="log", title="Perplexity vs sparsity")
+    axes.legend(fontsize="small")
+    figure.savefig(folder / "ppl_vs_sparsity.png", dpi=150)
+    return [folder / "ppl_vs_sparsity.png", folder / "ppl_vs_sparsity.csv"]
+
+
+def plot_latency(latency: pd.DataFrame, folder: Path) -> list[Path]:
+    """``latency_by_backend.png`` and its data: median latency per backend and phase, one bar per run."""
+    missing = [column for column in LATENCY_BARS if column not in latency]
+    if missing or latency.empty:
+        console.console.print(f"no latency rows with {', '.join(LATENCY_BARS)}: latency_by_backend.png not drawn")
+        return []
+    runs = latency[line_keys(latency) + ["sparsity_target"]].astype(str).agg(" ".join, axis=1)
+    data = latency.assign(run=runs).groupby(["backend", "phase", "run"], as_index=False)["median_ms"].mean()
+    write_atomic(folder / "latency_by_backend.csv", data.to_csv(index=False))
+    bars = data.pivot(index=["backend", "phase"], columns="run", values="median_ms")
+    width = 0.8 / len(bars.columns)
+    figure = new_figure()
+    axes = figure.subplots()
+    for number, run in enumerate(bars.columns):
+        axes.bar([x + number * width for x in range(len(bars))], bars[run], width, label=run)
+    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(bars))], [f"{backend}\n{phase}" for backend, phase in bars.index])
+    axes.set(ylabel="median latency (ms)", title="Latency by backend and phase")
+    axes.legend(fontsize="small")
+    figure.savefig(folder / "latency_by_backend.png", dpi=150)
+    return [folder / "latency_by_backend.png", folder / "latency_by_backend.csv"]
+
+
+def write_plots(frame: pd.DataFrame, latency: pd.DataFrame | None, folder: Path) -> None:
+    """The standard figures, each with the CSV of the data behind it."""
+    written = plot_ppl(frame, folder) + (plot_latency(latency, folder) if latency is not None else [])
+    if written:
+        console.console.print(f"wrote {', '.join(map(str, written))}")
+
+
+def output_folder(paths: list[str], output: str | None) -> Path:
+    """Where the report files go: ``output``, else the first path (its folder, for a file)."""
     first = Path(paths[0]).expanduser()
-    target = Path(output).expanduser() if output else (first if first.is_dir() else first.parent)
-    write_atomic(target / "report.csv", frame.to_csv(index=False))
-    write_atomic(target / "report.md", markdown(frame[columns]))
-    console.console.print(f"wrote {target / 'report.csv'} and {target / 'report.md'}")
-    return frame
+    return Path(output).expanduser() if output else (first if first.is_dir() else first.parent)
+
+
+def main(
+    paths: list[str],
+    columns: list[str] | None = None,
+    output: str | None = None,
+    *,
+    where: list[str] | None = None,
+    pivot: str | None = None,
+    fmt: str = "md",
+    plot: bool = False,
+) -> pd.DataFrame:
+    """Print the runs below ``paths`` and write the report files; return the listed runs."""
+    if fmt not in SUFFIXES:
+        raise PruneError(f"unknown report format {fmt!r} (choose from: {', '.join(SUFFIXES)})")
+    if plot:
+        require_matplotlib()
+    frame = load_results(paths)
+    columns = columns or [column for column in DEFAULT_COLUMNS if column in frame]
+    check_columns(frame, columns, "--columns")
+    pairs = parse_where(where or [], frame)
+    parts = parse_pivot(pivot, frame) if pivot else None
+    frame = select(deduplicate(frame), pairs)
+    show_runs(frame, columns)
+    target = output_folder(paths, output)
+    write_reports(frame, columns, target, fmt)
+    latency = merge_latency(frame)
+    if latency is not None:
+        write_latency(latency, target)
+    if parts:
+        write_pivot(frame, parts, target, fmt)
+    if plot:
+        write_plots(frame, latency, target / "plots")
+    return frame[data_columns(frame)]

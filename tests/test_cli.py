@@ -32,7 +32,7 @@ def assert_clean_failure(result, cwd: Path, message: str):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["method=nope"], "unknown method 'nope' (choose from: dense, magnitude"),
+        (["method=nope"], "unknown method 'nope' (choose from: dense, ffn"),
         (["model=gpt5"], "unknown model 'gpt5' (choose from:"),
         (["data/eval=imagenet"], "unknown data/eval 'imagenet'"),
         (["sparsity=1.0"], "sparsity must be a number in [0, 1)"),
@@ -41,6 +41,12 @@ def assert_clean_failure(result, cwd: Path, message: str):
         (["model=hf", "model.name_or_path=./no/such/folder"], "does not exist"),
         (["data.seqlen=4096"], "longer than the context"),
         (["data.max_eval_tokens=16", "data.seqlen=32"], "shorter than one window"),
+        (["method=wanda", "data.nsamples=0"], "data.nsamples must be a positive integer"),
+        (["method=wanda", "pattern=5:10", "sparsity=0.5"], "M=10 does not divide the input dimension 64 of layer model.layers.0.self_attn.q_proj"),
+        (["+experiment=nope"], "unknown experiment 'nope' (choose from: oneshot_llm"),
+        (["logger=wandb"], "unknown logger 'wandb'"),
+        (["allocation=owl", "pattern=2:4"], "N:M"),
+        (["allocation=fancy"], "unknown allocation 'fancy'"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit_no_run_dir(tmp_path, corpus, overrides, message):
@@ -48,10 +54,54 @@ def test_bad_input_one_line_nonzero_exit_no_run_dir(tmp_path, corpus, overrides,
     assert_clean_failure(result, tmp_path, message)
 
 
+def test_calibration_text_too_short(tmp_path, corpus):
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "only a few words"}\n{"text": "and a few more"}\n', encoding="utf-8")
+    result = run_prune("run", *tiny_args(corpus), "method=sparsegpt", f"data.calibration.path={short}", cwd=tmp_path)
+    assert_clean_failure(result, tmp_path, "calibration text is too short")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here, so asking for it is not an error")
 def test_cuda_requested_without_cuda(tmp_path, corpus):
     result = run_prune("run", *tiny_args(corpus), "model.device=cuda", cwd=tmp_path)
     assert_clean_failure(result, tmp_path, "CUDA is not available")
+
+
+def test_nan_loss_marks_the_run_failed_with_the_reason(tmp_path, corpus):
+    from transformers import AutoTokenizer
+
+    from prunecli.models.packaged import minilm_folder
+    from prunecli.models.tiny import build_tiny
+    from tests.conftest import TINY_CONFIGS
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    model, _ = build_tiny("llama", TINY_CONFIGS["llama"] | {"vocab_size": len(tokenizer)})
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    folder = tmp_path / "broken"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    result = run_prune("run", *tiny_args(corpus), "model=hf", f"model.name_or_path={folder}", "method=magnitude", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("prune: error: run failed: evaluation loss is nan")
+    (run_dir,) = run_dirs(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "non-finite" in metrics["error"]
+    assert "Traceback" in (run_dir / "prune.log").read_text()
+
+
+def test_oneshot_methods_end_to_end_on_a_tiny_model(tmp_path, corpus):
+    result = run_prune("run", "-m", *tiny_args(corpus), "method=wanda,sparsegpt", "pattern=2:4", "sparsity=0.5",
+                       "data.nsamples=4", "eval.baseline=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "outputs").rglob("metrics.json")]
+    assert sorted(r["method"] for r in records) == ["sparsegpt", "wanda"]
+    for record in records:
+        assert record["status"] == "completed" and record["sparsity_actual"] == 0.5 and record["pattern"] == "2:4"
+        calibration = record["calibration"]
+        assert calibration["nsamples"] == 4 and calibration[record["method"]]["windows"] == 4
+        assert len(calibration[record["method"]]["block_seconds"]) == 2
+        assert record["prune_s"] >= calibration[record["method"]]["seconds"]
 
 
 def test_unknown_command_and_version(tmp_path):

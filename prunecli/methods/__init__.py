@@ -1,7 +1,8 @@
 """Pruning methods: one function per method over a shared :class:`PruneContext`.
 
 ``METHODS.get(cfg.method.name)(ctx)`` prunes ``ctx.layers`` of ``ctx.model`` in place.
-Data-aware methods call ``ctx.calibration()``, which builds the calibration windows lazily.
+Data-aware methods (``calibration: true`` in their config) get the calibration windows in
+``ctx.calibration``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,13 @@ class PruneContext:
     nm: tuple[int, int] | None  # N:M pattern, or None for unstructured
     options: Any  # the ``method`` config node
     device: torch.device
-    calibration: Callable[[], torch.Tensor] = field(repr=False, default=lambda: torch.empty(0))
+    calibration: torch.Tensor | None = field(repr=False, default=None)  # (nsamples, seqlen) token windows
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # per-layer targets (allocation)
     stats: dict = field(default_factory=dict)  # method-specific figures for metrics.json
+
+    def sparsity_of(self, name: str) -> float:
+        """The target of one layer: its allocated sparsity, else the global one."""
+        return self.layer_sparsity.get(name, self.sparsity)
 
 
 METHODS: Registry[Callable[[PruneContext], None]] = Registry("method")
@@ -38,4 +44,5 @@ def dense(ctx: PruneContext) -> None:
 
 
 # Register the methods.
-from prunecli.methods import magnitude  # noqa: E402,F401
+from prunecli.methods import magnitude, sparsegpt, wanda  # noqa: E402,F401
+from prunecli.structured import methods as _structured  # noqa: E402,F401  (heads, ffn, layers, head_mask)

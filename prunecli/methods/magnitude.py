@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
-from prunecli.methods.masks import apply_mask, global_masks, layerwise_mask, nm_mask
+from prunecli.methods.masks import apply_mask, global_masks, select_mask
 from prunecli.methods.targets import weight_matrix
 
 SCOPES = ("per_layer", "global")
@@ -21,11 +21,11 @@ def magnitude(ctx: PruneContext) -> None:
     if scope not in SCOPES:
         raise PruneError(f"unknown method.scope {scope!r} (choose from: {', '.join(SCOPES)})")
     weights = {name: weight_matrix(module) for name, module in ctx.layers.items()}
-    if ctx.nm is not None:
-        masks = [nm_mask(w.abs(), *ctx.nm, layer=name) for name, w in weights.items()]
-    elif scope == "global":
+    if scope == "global" and ctx.nm is None:
+        if ctx.layer_sparsity:
+            raise PruneError("method.scope=global sets one threshold for all layers; it cannot follow a per-layer allocation (use scope=per_layer)")
         masks = global_masks([w.abs() for w in weights.values()], ctx.sparsity)
     else:
-        masks = [layerwise_mask(w.abs(), ctx.sparsity) for w in weights.values()]
+        masks = [select_mask(w.abs(), ctx.sparsity_of(name), ctx.nm, "layer", name) for name, w in weights.items()]
     for weight, mask in zip(weights.values(), masks):
         apply_mask(weight, mask)

@@ -92,3 +92,19 @@ def parse_pattern(pattern: str | None, sparsity: float) -> tuple[int, int] | Non
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero the pruned entries in place (``weight`` may be a transposed view)."""
     weight.masked_fill_(mask.to(weight.device), 0)
+
+
+GROUPS = ("row", "layer")
+
+
+def select_mask(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, group: str = "layer", layer: str = "") -> torch.Tensor:
+    """The mask for one matrix: N:M if a pattern is set, else ``sparsity`` per ``group``.
+
+    ``group="row"`` compares weights within each output row (Wanda's default),
+    ``group="layer"`` within the whole matrix.
+    """
+    if nm is not None:
+        return nm_mask(scores, *nm, layer=layer)
+    if group not in GROUPS:
+        raise PruneError(f"unknown comparison group {group!r} (choose from: {', '.join(GROUPS)})")
+    return rowwise_mask(scores, sparsity) if group == "row" else layerwise_mask(scores, sparsity)

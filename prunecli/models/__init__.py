@@ -61,6 +61,9 @@ def load_model(cfg: Any) -> LoadedModel:
     dtype = resolve_dtype(cfg.model.dtype)
     model, tokenizer, task = MODEL_SOURCES.get(cfg.model.source)(cfg.model)
     model = model.to(device=device, dtype=dtype).eval()
+    # Whole corpora are tokenised as one text and cut into windows here, never fed whole to
+    # the model: silence the tokenizer's "longer than the model maximum" warning.
+    tokenizer.model_max_length = int(1e30)
     return LoadedModel(model, tokenizer, cfg.model.name, task, device, dtype)
 
 

@@ -22,12 +22,17 @@ def from_pretrained(name_or_path: str, task: str = "auto", trust_remote_code: bo
     """Load config, model and tokenizer with the transformers Auto classes."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from prunecli.structured.loading import has_structure, load_structured
+
     kwargs = {"trust_remote_code": bool(trust_remote_code), "revision": revision}
     try:
         config = AutoConfig.from_pretrained(name_or_path, **kwargs)
         task = task_of(config, task)
         auto = AutoModelForCausalLM if task == "causal_lm" else AutoModel
-        model = auto.from_pretrained(name_or_path, config=config, **kwargs)
+        if has_structure(config):  # per-layer shapes from structured pruning
+            model = load_structured(name_or_path, config, auto, kwargs["trust_remote_code"])
+        else:
+            model = auto.from_pretrained(name_or_path, config=config, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,133 @@
+"""The layer-wise calibration pipeline shared by every data-aware method (as in the SparseGPT
+and Wanda papers' code).
+
+1. Embed the calibration windows and catch the inputs of block 0 (:func:`block_inputs`).
+2. For each block in turn: hook its target layers to accumulate input statistics while the
+   block runs on its inputs; let the method prune the block from those statistics; run the
+   block again with the *pruned* weights; its outputs are the next block's inputs.
+
+Only one block's activations live at a time. Windows go through a block in batches of
+``batch_size`` (the reference code feeds one window at a time; batching gives the same
+statistics, faster).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunecli.errors import PruneError
+from prunecli.methods.statistics import Accumulator, InputsCollected, collect_inputs
+from prunecli.models.layout import blocks_of
+
+log = logging.getLogger(__name__)
+
+
+class _Caught(Exception):
+    """Raised by the hook on block 0 once its inputs are recorded: the rest of the model is skipped."""
+
+
+@dataclass
+class BlockBatch:
+    """One batch of a block's inputs: hidden states plus the other call arguments (masks, rotary)."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+
+    def run(self, block: nn.Module) -> torch.Tensor:
+        output = block(self.hidden, *self.args, **self.kwargs)
+        return output[0] if isinstance(output, tuple) else output
+
+
+@torch.inference_mode()
+def block_inputs(model: nn.Module, block: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device) -> list[BlockBatch]:
+    """Run the model on ``windows`` up to ``block`` and return what ``block`` was called with."""
+    caught: list[BlockBatch] = []
+
+    def catch(module: nn.Module, args: tuple, kwargs: dict):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        caught.append(BlockBatch(hidden, tuple(args[1:]), dict(kwargs)))
+        raise _Caught
+
+    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
+    extra = {"use_cache": False} if hasattr(model.config, "use_cache") else {}
+    try:
+        for batch in torch.split(windows, batch_size):
+            try:
+                model(input_ids=batch.to(device), **extra)
+            except _Caught:
+                pass
+    finally:
+        handle.remove()
+    return caught
+
+
+def layers_by_block(layers: dict[str, nn.Module], prefix: str, nblocks: int) -> list[dict[str, nn.Module]]:
+    """Split ``layers`` by the block they live in; layers outside every block are an error."""
+    grouped: list[dict[str, nn.Module]] = [{} for _ in range(nblocks)]
+    for name, module in layers.items():
+        index = name[len(prefix) + 1 :].split(".", 1)[0] if name.startswith(prefix + ".") else ""
+        if not index.isdigit():
+            raise PruneError(f"layer {name} is outside the transformer blocks ({prefix}.N); layer-wise methods prune only inside them (add it to ignore)")
+        grouped[int(index)][name] = module
+    return grouped
+
+
+# A block pruner gets (block index, {layer name: module}, {layer name: statistics}).
+BlockPruner = Callable[[int, dict[str, nn.Module], dict[str, Accumulator]], None]
+
+
+def run_until_inputs_collected(batch: BlockBatch, block: nn.Module) -> None:
+    try:
+        batch.run(block)
+    except InputsCollected:
+        pass
+
+
+@torch.inference_mode()
+def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumulator], prune_block: BlockPruner,
+                    desc: str, measure_only: bool = False) -> None:
+    """Walk the blocks of ``ctx.model``, pruning ``ctx.layers`` block by block (see module doc).
+
+    ``measure_only``: ``prune_block`` only reads statistics (OWL's dense pass), so the
+    statistics pass's outputs feed the next block directly. Otherwise the statistics pass
+    stops as soon as every layer has its input, and the block is run again once pruned.
+    """
+    model, device = ctx.model, ctx.device
+    batch_size = int(ctx.options.get("calibration_batch_size", 8))
+    prefix, blocks = blocks_of(model)
+    grouped = layers_by_block(ctx.layers, prefix, len(blocks))
+    windows = ctx.calibration
+    if windows is None:
+        raise PruneError(f"{desc} needs calibration data (set calibration: true in its method config)")
+    start = time.perf_counter()
+    batches = block_inputs(model, blocks[0], windows, batch_size, device)
+    block_times = []
+    for index, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
+        began = time.perf_counter()
+        outputs = None
+        if grouped[index] and measure_only:
+            with collect_inputs(grouped[index], make_stats) as stats:
+                outputs = [batch.run(block) for batch in batches]
+            prune_block(index, grouped[index], stats)
+        elif grouped[index]:
+            with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
+                for batch in batches:
+                    run_until_inputs_collected(batch, block)
+            prune_block(index, grouped[index], stats)
+        if outputs is None:
+            outputs = [batch.run(block) for batch in batches]
+        for batch, output in zip(batches, outputs):
+            batch.hidden = output
+        block_times.append(time.perf_counter() - began)
+    ctx.stats.setdefault("calibration", {})[desc] = {
+        "windows": int(windows.shape[0]), "tokens": int(windows.numel()), "batch_size": batch_size,
+        "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
+    }

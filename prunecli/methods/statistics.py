@@ -1,0 +1,100 @@
+"""Statistics of a layer's inputs, accumulated over calibration tokens by forward hooks.
+
+Layers fed the very same input tensor (q/k/v projections, gate/up) share one accumulator,
+so each statistic is computed once per distinct input, with identical results.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+class InputNorms:
+    """Wanda's ``||X_j||_2``: the L2 norm of input feature j over all calibration tokens."""
+
+    def __init__(self, features: int, device: torch.device):
+        self.sum_squares = torch.zeros(features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        x = x if x.dtype == torch.float64 else x.float()  # at least fp32 per batch, fp64 across batches
+        self.sum_squares += torch.linalg.vector_norm(x, dim=0).double().pow(2)
+        self.tokens += x.shape[0]
+
+    def norms(self) -> torch.Tensor:
+        return self.sum_squares.sqrt().float()
+
+
+class Hessian:
+    """SparseGPT's layer Hessian ``H = 2/n * sum_t x_t x_t^T`` over the ``n`` calibration tokens.
+
+    (The reference code divides by the number of windows instead of tokens; the factor
+    cancels in the OBS updates and in the damping, so the pruned weights are the same.)
+    """
+
+    def __init__(self, features: int, device: torch.device):
+        self.sum_outer = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sum_outer.addmm_(x.t(), x)
+        self.tokens += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        return self.sum_outer * (2.0 / self.tokens)
+
+
+Accumulator = InputNorms | Hessian
+
+
+class InputsCollected(Exception):
+    """Raised once every hooked layer has seen its input: the rest of the forward is not needed."""
+
+
+@contextmanager
+def collect_inputs(layers: dict[str, nn.Module], make: Callable[[int, torch.device], Accumulator],
+                   stop_when_done: bool = False) -> Iterator[dict[str, Accumulator]]:
+    """Hook ``layers`` so every forward adds each layer's input to that layer's accumulator.
+
+    Yields ``{layer name: accumulator}``, filled as forwards run. A layer called right after
+    another on the very same input tensor object (q/k/v, gate/up) shares that layer's
+    accumulator instead of adding the same tokens again; only the latest input is held, so a
+    tensor address is never confused with a freed one. With ``stop_when_done``, the forward
+    is cut short (:class:`InputsCollected`) as soon as every layer has had its input, before
+    the last layer computes anything.
+    """
+    stats: dict[str, Accumulator] = {}
+    latest: list = [None, None]  # [input tensor, its accumulator] of the latest hook call
+    called: set[str] = set()
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if x is latest[0] and stats.get(name, latest[1]) is latest[1]:
+                stats[name] = latest[1]
+            else:
+                if name not in stats:
+                    stats[name] = make(x.shape[-1], x.device)
+                stats[name].add(x.detach())
+                latest[:] = [x, stats[name]]
+            called.add(name)
+            if stop_when_done and len(called) == len(layers):
+                called.clear()
+                latest[:] = [None, None]
+                raise InputsCollected
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in layers.items()]
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+        latest[:] = [None, None]

@@ -1,0 +1,277 @@
+"""Importance criteria: one score per unit (head, KV group, neuron); the lowest scores go first.
+
+For unit ``u`` owning weight slices ``S_u`` (all its coupled rows/columns, :mod:`groups`):
+
+* ``l1``: ``sum_{w in S_u} |w|``; ``l2``: ``sqrt(sum_{w in S_u} w^2)``;
+* ``taylor`` (first order, LLM-Pruner's element-wise form): ``sum_{w in S_u} |g_w * w|``,
+  ``g`` the gradient of the mean causal-LM loss over the calibration windows;
+* ``activation`` (Wanda-style): ``sum_{j in C_u} ||X_j||_2 * ||W_o[:, j]||_2`` over the unit's
+  input columns ``C_u`` of the output projection (down_proj / o_proj), ``||X_j||`` the norm of
+  that input feature over all calibration tokens;
+* ``confidence`` (Voita et al. 2019): mean over tokens of the head's largest attention
+  probability; ``entropy``: minus the mean entropy ``-sum_k p_k log p_k`` of its attention
+  rows (diffuse heads go first). Heads only; a KV group sums its query heads.
+
+Blocks: Block Influence (ShortGPT, Men et al. 2024) ``BI_i = 1 - E_t[cos(x_in_t, x_out_t)]``
+over calibration tokens ``t`` (:func:`block_influence`).
+
+Statistics are computed on the unpruned model, once, when a criterion (or FLAP) first asks
+(:class:`Evidence`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+import torch
+from torch import nn
+
+from prunecli.errors import PruneError
+from prunecli.methods.layerwise import prune_layerwise
+from prunecli.methods.targets import weight_matrix
+from prunecli.models.layout import blocks_of
+from prunecli.registry import Registry
+from prunecli.structured.groups import BlockGroups, Coupling, EmptyAttention, Family
+
+
+class InputMoments:
+    """Per input feature ``j`` over calibration tokens: ``mean_t x_tj`` and ``||X_j||_2``."""
+
+    def __init__(self, features: int, device: torch.device):
+        self.sum = torch.zeros(features, dtype=torch.float64, device=device)
+        self.sum_squares = torch.zeros(features, dtype=torch.float64, device=device)
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        self.sum += x.sum(0)
+        self.sum_squares += x.pow(2).sum(0)
+        self.tokens += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.sum / max(self.tokens, 1)
+
+    def norms(self) -> torch.Tensor:
+        return self.sum_squares.sqrt()
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ == MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(model.config, "model_type", None))
+
+
+class Evidence:
+    """Calibration statistics of the unpruned model, computed on first use and shared.
+
+    ``ctx`` is the :class:`~prunecli.methods.PruneContext`; every statistic needs
+    ``ctx.calibration`` (``method.calibration=true``).
+    """
+
+    def __init__(self, ctx, family: Family, groups: list[BlockGroups]):
+        self.ctx, self.family, self.groups = ctx, family, groups
+        self.prefix, self.blocks = blocks_of(ctx.model)
+        self.batch_size = int(ctx.options.get("calibration_batch_size", 8))
+
+    def windows(self, why: str) -> torch.Tensor:
+        if self.ctx.calibration is None:
+            raise PruneError(f"{why} needs calibration data: set method.calibration=true")
+        return self.ctx.calibration
+
+    def batches(self, why: str):
+        return [batch.to(self.ctx.device) for batch in torch.split(self.windows(why), self.batch_size)]
+
+    @cached_property
+    def out_moments(self) -> dict[tuple[int, str], InputMoments]:
+        """``(block, output projection path) -> InputMoments`` of its input, block by block."""
+        self.windows("bias_compensation (or criterion activation)")
+        paths = {(g.block, c.path) for g in self.groups for c in g.couplings if c.role == "out"}
+        layers = {f"{self.prefix}.{b}.{p}": self.blocks[b].get_submodule(p) for b, p in sorted(paths)}
+        moments: dict[tuple[int, str], InputMoments] = {}
+
+        def keep(index, block_layers, stats) -> None:
+            for name in block_layers:
+                moments[(index, name[len(f"{self.prefix}.{index}."):])] = stats[name]
+
+        if layers:
+            prune_layerwise(dataclasses.replace(self.ctx, layers=layers), InputMoments, keep, "structured_stats", measure_only=True)
+        return moments
+
+    @cached_property
+    def attention(self) -> dict[int, dict[str, torch.Tensor]]:
+        """``block -> {"entropy": (n_q,), "confidence": (n_q,)}``, means over batch and query positions.
+
+        The attention probabilities come from eager attention (switched on for this pass).
+        """
+        sums: dict[int, dict[str, torch.Tensor]] = {}
+        rows = [0] * len(self.blocks)
+
+        def hook_for(index: int):
+            def hook(module, args, output) -> None:
+                probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if probs is None:
+                    return
+                probs = probs.float()
+                entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # (B, H, T)
+                block = sums.setdefault(index, {"entropy": 0.0, "confidence": 0.0})
+                block["entropy"] = block["entropy"] + entropy.sum((0, 2)).double()
+                block["confidence"] = block["confidence"] + probs.amax(-1).sum((0, 2)).double()
+                rows[index] += probs.shape[0] * probs.shape[2]
+
+            return hook
+
+        model = self.ctx.model
+        attentions = [block.get_submodule(self.family.attention) for block in self.blocks]
+        handles = [a.register_forward_hook(hook_for(i)) for i, a in enumerate(attentions) if not isinstance(a, EmptyAttention)]
+        previous = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        try:
+            with torch.inference_mode():
+                for batch in self.batches("criterion entropy/confidence"):
+                    model(input_ids=batch)
+        finally:
+            model.set_attn_implementation(previous)
+            for handle in handles:
+                handle.remove()
+        return {i: {k: v / rows[i] for k, v in s.items()} for i, s in sums.items()}
+
+    @cached_property
+    def gradients(self) -> dict[tuple[int, str], torch.Tensor]:
+        """``(block, path) -> dL/dW`` on the ``(out, in)`` view, L = mean causal-LM loss over the windows."""
+        model = self.ctx.model
+        if not is_causal_lm(model):
+            raise PruneError(f"criterion taylor needs a causal LM (its loss on the calibration tokens); {type(model).__name__} has none")
+        batches = self.batches("criterion taylor")
+        paths = {(g.block, c.path) for g in self.groups for c in g.couplings}
+        params = {key: self.blocks[key[0]].get_submodule(key[1]).weight for key in paths}
+        flags = {p: p.requires_grad for p in model.parameters()}
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for p in params.values():
+                p.requires_grad_(True)
+                p.grad = None
+            total = sum(len(b) for b in batches)
+            with torch.enable_grad():
+                for batch in batches:
+                    loss = model(input_ids=batch, labels=batch).loss * (len(batch) / total)
+                    loss.backward()
+            return {key: as_matrix(self._layer(key), p.grad).clone() for key, p in params.items()}
+        finally:
+            for p, flag in flags.items():
+                p.grad = None
+                p.requires_grad_(flag)
+
+    def _layer(self, key: tuple[int, str]) -> nn.Module:
+        return self.blocks[key[0]].get_submodule(key[1])
+
+
+def as_matrix(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` shaped like ``module.weight``, as the ``(out, in)`` view (Conv1D stores ``(in, out)``)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return tensor.t() if isinstance(module, Conv1D) else tensor
+
+
+def unit_sums(matrix: torch.Tensor, coupling: Coupling) -> torch.Tensor:
+    """``sum`` of ``matrix`` (``(out, in)``) over each unit's rows / columns -> (units,)."""
+    lines = matrix.sum(1 - coupling.axis)  # per row (axis 0) or per column (axis 1)
+    return lines[coupling.index].sum(1)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    score: Callable[[BlockGroups, nn.Module, Evidence], torch.Tensor]  # (groups, block, evidence) -> (units,)
+    needs_data: bool
+    kinds: tuple[str, ...] = ("heads", "ffn")
+
+
+CRITERIA: Registry[Criterion] = Registry("structured criterion")
+
+
+def _weight_sums(groups: BlockGroups, block: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    total = torch.zeros(groups.units, dtype=torch.float64)
+    for c in groups.couplings:
+        total += unit_sums(transform(weight_matrix(block.get_submodule(c.path)).double()), c).cpu()
+    return total
+
+
+def _taylor(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
+    total = torch.zeros(groups.units, dtype=torch.float64)
+    for c in groups.couplings:
+        weight = weight_matrix(block.get_submodule(c.path)).double()
+        total += unit_sums((evidence.gradients[(groups.block, c.path)].double() * weight).abs(), c).cpu()
+    return total
+
+
+def _activation(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
+    total = torch.zeros(groups.units, dtype=torch.float64)
+    for c in (c for c in groups.couplings if c.role == "out"):
+        weight = weight_matrix(block.get_submodule(c.path)).double()
+        per_column = evidence.out_moments[(groups.block, c.path)].norms().to(weight.device) * weight.norm(dim=0)
+        total += per_column[c.index].sum(1).cpu()
+    return total
+
+
+def _attention_score(key: str, sign: float):
+    def score(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
+        per_head = evidence.attention[groups.block][key].cpu()
+        return sign * per_head[groups.query_heads].sum(1)
+
+    return score
+
+
+CRITERIA.register("l1")(Criterion(lambda g, b, e: _weight_sums(g, b, torch.abs), needs_data=False))
+CRITERIA.register("l2")(Criterion(lambda g, b, e: _weight_sums(g, b, torch.square).sqrt(), needs_data=False))
+CRITERIA.register("taylor")(Criterion(_taylor, needs_data=True))
+CRITERIA.register("activation")(Criterion(_activation, needs_data=True))
+CRITERIA.register("entropy")(Criterion(_attention_score("entropy", -1.0), needs_data=True, kinds=("heads",)))
+CRITERIA.register("confidence")(Criterion(_attention_score("confidence", 1.0), needs_data=True, kinds=("heads",)))
+
+
+def scores(criterion: str, kind: str, groups: list[BlockGroups], evidence: Evidence) -> list[torch.Tensor]:
+    """One score per unit for every block (fp64, CPU)."""
+    chosen = CRITERIA.get(criterion)
+    if kind not in chosen.kinds:
+        raise PruneError(f"criterion {criterion} scores {', '.join(chosen.kinds)} only, not {kind}")
+    if chosen.needs_data:
+        evidence.windows(f"criterion {criterion}")
+    return [chosen.score(g, evidence.blocks[g.block], evidence) if g.units else torch.zeros(0, dtype=torch.float64) for g in groups]
+
+
+@torch.inference_mode()
+def block_influence(model: nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``BI_i = 1 - mean_t cos(x_in_t, x_out_t)`` of every block over all calibration tokens."""
+    _, blocks = blocks_of(model)
+    cos_sum = torch.zeros(len(blocks), dtype=torch.float64)
+    tokens = [0] * len(blocks)
+    inputs: dict[int, torch.Tensor] = {}
+
+    def before(index: int):
+        def hook(module, args, kwargs) -> None:
+            inputs[index] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def after(index: int):
+        def hook(module, args, kwargs, output) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            x = inputs.pop(index)
+            cos = torch.nn.functional.cosine_similarity(x.float(), out.float(), dim=-1)
+            cos_sum[index] += cos.double().sum().cpu()
+            tokens[index] += cos.numel()
+
+        return hook
+
+    handles = [b.register_forward_pre_hook(before(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles += [b.register_forward_hook(after(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    try:
+        for batch in torch.split(windows, batch_size):
+            model(input_ids=batch.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return 1 - cos_sum / torch.tensor(tokens, dtype=torch.float64)

@@ -1,0 +1,181 @@
+"""The structured methods: ``heads``, ``ffn`` and ``layers`` (physically removed) and ``head_mask``.
+
+``heads`` / ``ffn`` / ``head_mask``: score every unit (:mod:`importance`), choose the lowest
+``sparsity`` fraction (:mod:`select`), optionally fold their mean contribution into the output
+bias (FLAP, :mod:`compensation`), then remove them (:mod:`remove`) or zero them (:mod:`mask`).
+``layers``: remove the ``floor(sparsity * n_blocks)`` blocks of lowest Block Influence, or the
+explicit ``layers_to_remove``.
+
+Options (``configs/method/{heads,ffn,layers,head_mask}.yaml``): ``criterion``,
+``allocation: per_layer | global``, ``gqa: kv_groups | query_heads``, ``min_heads_per_layer``,
+``bias_compensation``, ``allow_empty_layers``, ``calibration`` (data for ``taylor``,
+``activation``, ``entropy``, ``confidence``, FLAP and Block Influence).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prunecli.errors import PruneError
+from prunecli.methods import METHODS, PruneContext
+from prunecli.models.layout import blocks_of
+from prunecli.structured.compensation import add_to_bias, bias_deltas
+from prunecli.structured.groups import BlockGroups, family_of, head_counts, model_groups
+from prunecli.structured.importance import CRITERIA, Evidence, block_influence, scores
+from prunecli.structured.mask import mask_units
+from prunecli.structured.remove import remove_blocks, remove_units, sync_config
+from prunecli.structured.select import SELECTIONS, each_unit, query_head_slots, select
+
+log = logging.getLogger(__name__)
+
+NOUNS = {"heads": "head", "ffn": "FFN neuron"}
+
+
+@dataclass
+class Plan:
+    """What to remove: ``removed[b]`` = unit indices of ``groups[b]``; ``bias[(b, path)]`` = FLAP correction."""
+
+    kind: str
+    groups: list[BlockGroups]
+    removed: list[torch.Tensor]
+    bias: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+
+
+def check_options(options: Any, sparsity: float) -> None:
+    """Refuse bad structured options before anything is loaded."""
+    if options.get("criterion") is not None and options.name != "layers":
+        criterion = CRITERIA.get(options.criterion)
+        kind = "heads" if options.name in ("heads", "head_mask") else "ffn"
+        if kind not in criterion.kinds:
+            raise PruneError(f"criterion {options.criterion} scores {', '.join(criterion.kinds)} only, not {kind}")
+        needs = criterion.needs_data or options.get("bias_compensation", False)
+        if needs and not options.get("calibration", False):
+            why = f"criterion {options.criterion}" if criterion.needs_data else "bias_compensation"
+            raise PruneError(f"{why} needs calibration data: set method.calibration=true")
+        SELECTIONS.get(options.get("allocation", "per_layer"))
+        if options.get("gqa", "kv_groups") not in ("kv_groups", "query_heads"):
+            raise PruneError(f"unknown gqa mode {options.gqa!r} (choose from: kv_groups, query_heads)")
+
+
+def _check_context(ctx: PruneContext) -> None:
+    if ctx.nm is not None:
+        raise PruneError(f"method={ctx.options.name} removes whole structures; use pattern=unstructured")
+    if ctx.layer_sparsity:
+        raise PruneError(f"method={ctx.options.name} ranks its own units; use allocation=uniform (and method.allocation=per_layer|global)")
+    check_options(ctx.options, ctx.sparsity)
+
+
+def plan(ctx: PruneContext, kind: str) -> tuple[Plan, Evidence]:
+    """Score, rank and choose the ``kind`` units of ``ctx.model`` to remove (nothing is changed)."""
+    options = ctx.options
+    gqa = options.get("gqa", "kv_groups")
+    family = family_of(ctx.model)
+    groups = model_groups(ctx.model, kind, gqa)
+    evidence = Evidence(ctx, family, groups)
+    unit_scores = scores(options.get("criterion", "l2"), kind, groups, evidence)
+    _, blocks = blocks_of(ctx.model)
+    counts = [head_counts(family, block) for block in blocks] if kind == "heads" else []
+    gqa_ratio = max([q // kv for q, kv, _ in counts if kv] or [1])
+    if kind == "heads" and gqa_ratio > 1 and gqa == "query_heads":
+        candidates = [query_head_slots(s, q // kv) if kv else each_unit(s) for s, (q, kv, _) in zip(unit_scores, counts)]
+        exact, per_candidate = "query heads per KV group", [kv for _, kv, _ in counts]
+    else:
+        candidates = [each_unit(s) for s in unit_scores]
+        exact = "KV groups" if kind == "heads" and gqa_ratio > 1 else None
+        per_candidate = [q // kv if kv else 1 for q, kv, _ in counts] if exact else [1] * len(groups)
+    min_heads = int(options.get("min_heads_per_layer", 0)) if kind == "heads" else 0
+    min_keep = [-(-min_heads // max(p, 1)) for p in per_candidate]  # in candidates, rounded up
+    removed = select(candidates, ctx.sparsity, options.get("allocation", "per_layer"), min_keep, exact,
+                     bool(options.get("allow_empty_layers", False)), NOUNS[kind],
+                     ", raise min_heads_per_layer" if kind == "heads" else "")
+    result = Plan(kind, groups, removed)
+    if options.get("bias_compensation", False):
+        for g, units in zip(groups, removed):
+            for path, delta in bias_deltas(g, blocks[g.block], units, evidence).items():
+                result.bias[(g.block, path)] = delta
+    return result, evidence
+
+
+def apply(model: torch.nn.Module, plan: Plan, physically: bool) -> None:
+    """Remove (``physically``) or zero the planned units of ``model`` (the planned model or a copy of it)."""
+    family = family_of(model)
+    _, blocks = blocks_of(model)
+    for (index, path), delta in plan.bias.items():
+        add_to_bias(blocks[index].get_submodule(path), delta)
+    for groups, units in zip(plan.groups, plan.removed):
+        if physically:
+            remove_units(blocks[groups.block], family, groups, units)
+        else:
+            mask_units(blocks[groups.block], groups, units)
+    sync_config(model)
+
+
+def record(ctx: PruneContext, plan: Plan) -> None:
+    ctx.stats["structured"] = {
+        "kind": plan.kind, "criterion": ctx.options.get("criterion"), "allocation": ctx.options.get("allocation", "per_layer"),
+        "units_per_layer": [g.units for g in plan.groups], "removed_per_layer": [len(r) for r in plan.removed],
+        "bias_compensation": bool(plan.bias),
+    }
+
+
+def prune_units(ctx: PruneContext, kind: str, physically: bool) -> None:
+    _check_context(ctx)
+    chosen, _ = plan(ctx, kind)
+    apply(ctx.model, chosen, physically)
+    record(ctx, chosen)
+    log.info("%s: removed %s of %s units per layer", kind, [len(r) for r in chosen.removed], [g.units for g in chosen.groups])
+
+
+@METHODS.register("heads")
+def heads(ctx: PruneContext) -> None:
+    """Remove attention heads (GQA: whole KV groups or query heads)."""
+    prune_units(ctx, "heads", physically=True)
+
+
+@METHODS.register("head_mask")
+def head_mask(ctx: PruneContext) -> None:
+    """Zero the heads ``heads`` would remove; shapes unchanged."""
+    prune_units(ctx, "heads", physically=False)
+
+
+@METHODS.register("ffn")
+def ffn(ctx: PruneContext) -> None:
+    """Remove FFN neurons."""
+    prune_units(ctx, "ffn", physically=True)
+
+
+def blocks_to_remove(ctx: PruneContext) -> tuple[list[int], list[float] | None]:
+    """``layers_to_remove`` if given, else the ``floor(s * n)`` blocks of lowest Block Influence."""
+    explicit = ctx.options.get("layers_to_remove")
+    if explicit is not None:
+        if not all(isinstance(i, int) for i in explicit):
+            raise PruneError(f"layers_to_remove must be a list of block indices (got {list(explicit)!r})")
+        return sorted(set(explicit)), None
+    criterion = ctx.options.get("criterion", "block_influence")
+    if criterion != "block_influence":
+        raise PruneError(f"unknown layers criterion {criterion!r} (choose from: block_influence, or give layers_to_remove)")
+    if ctx.calibration is None:
+        raise PruneError("criterion block_influence needs calibration data: set method.calibration=true")
+    _, blocks = blocks_of(ctx.model)
+    influence = block_influence(ctx.model, ctx.calibration, int(ctx.options.get("calibration_batch_size", 8)), ctx.device)
+    k = select([each_unit(influence)], ctx.sparsity, "per_layer", [0], None, False, "block")[0]
+    return k.tolist(), influence.tolist()
+
+
+@METHODS.register("layers")
+def layers(ctx: PruneContext) -> None:
+    """Remove whole blocks (ShortGPT)."""
+    _check_context(ctx)
+    doomed, influence = blocks_to_remove(ctx)
+    if doomed:
+        remove_blocks(ctx.model, doomed)
+    ctx.stats["structured"] = {"kind": "layers", "removed_blocks": doomed, "block_influence": influence}
+    log.info("layers: removed blocks %s", doomed)
+
+
+for _method in (heads, head_mask, ffn, layers):
+    _method.check_options = check_options

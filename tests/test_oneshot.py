@@ -1,0 +1,179 @@
+"""Wanda, SparseGPT and OWL on the layer-wise calibration pipeline."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from prunecli.errors import PruneError
+from prunecli.methods import METHODS, PruneContext
+from prunecli.methods.allocation import ALLOCATIONS, owl_block_sparsities
+from prunecli.methods.masks import layerwise_mask, prune_count, rowwise_mask
+from prunecli.methods.sparsegpt import sparsegpt_layer
+from prunecli.methods.targets import select_layers, weight_matrix
+from prunecli.models.layout import blocks_of
+from tests.conftest import tiny_model
+
+IGNORE = ["lm_head", "embed", "wte", "wpe", "pooler"]
+
+
+def context(model, method, windows, sparsity=0.5, nm=None, **options):
+    layers = select_layers(model, "all", IGNORE)
+    opts = OmegaConf.create({"name": method, "calibration_batch_size": len(windows), **options})
+    return PruneContext(model, layers, sparsity, nm, opts, torch.device("cpu"), calibration=windows)
+
+
+def slow_wanda_masks(model, windows, sparsity):
+    """Wanda written out directly: for each block in order, run the *whole* model (earlier blocks
+    already pruned) and record each linear's inputs; score |W_ij| * sqrt(sum_t x_tj^2); in every
+    row prune the floor(s * cols) lowest scores, ties to the lower column."""
+    prefix, blocks = blocks_of(model)
+    layers = select_layers(model, "all", IGNORE)
+    masks = {}
+    for index in range(len(blocks)):
+        names = [n for n in layers if n.startswith(f"{prefix}.{index}.")]
+        inputs = {}
+
+        def record(module, args, output, name):
+            inputs[name] = args[0].reshape(-1, args[0].shape[-1])
+
+        hooks = [layers[n].register_forward_hook(lambda m, a, o, n=n: record(m, a, o, n)) for n in names]
+        with torch.no_grad():
+            model(input_ids=windows)
+        for hook in hooks:
+            hook.remove()
+        for name in names:
+            weight = weight_matrix(layers[name])
+            norms = [math.sqrt(sum(float(v) ** 2 for v in inputs[name][:, j])) for j in range(weight.shape[1])]
+            mask = torch.zeros_like(weight, dtype=torch.bool)
+            k = prune_count(weight.shape[1], sparsity)
+            for i in range(weight.shape[0]):
+                order = sorted(range(weight.shape[1]), key=lambda j: (abs(float(weight[i, j])) * norms[j], j))
+                mask[i, order[:k]] = True
+            with torch.no_grad():
+                weight[mask] = 0
+            masks[name] = mask
+    return masks
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_wanda_mask_equals_the_formula_computed_directly(arch):
+    windows = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(1))
+    reference = tiny_model(arch).double()
+    expected = slow_wanda_masks(reference, windows, 0.5)
+    model = tiny_model(arch).double()
+    METHODS.get("wanda")(context(model, "wanda", windows))
+    for name, module in select_layers(model, "all", IGNORE).items():
+        assert torch.equal(weight_matrix(module) == 0, expected[name]), name
+
+
+def correlated_inputs(features=64, tokens=512, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(features, features, generator=generator) / math.sqrt(features)
+    scales = torch.logspace(-1, 1, features)[torch.randperm(features, generator=generator)]  # mixed within column blocks
+    return (torch.randn(tokens, features, generator=generator) @ mixing) * scales
+
+
+@pytest.mark.parametrize("sparsity, nm", [(0.5, None), (0.7, None), (0.5, (2, 4))])
+def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(sparsity, nm):
+    X = correlated_inputs()
+    W = torch.randn(48, 64, generator=torch.Generator().manual_seed(2))
+    target = X @ W.t()
+    hessian = 2 * X.t() @ X / X.shape[0]
+
+    pruned = W.clone()
+    sparsegpt_layer(pruned, hessian, sparsity, nm, blocksize=32)
+    assert int((pruned == 0).sum()) == (W.numel() // 2 if nm else 2 * prune_count(32 * 48, sparsity))
+
+    from prunecli.methods.masks import nm_mask
+
+    def masked(scores, group):
+        if nm:
+            return W.masked_fill(nm_mask(scores, *nm), 0)
+        return W.masked_fill(rowwise_mask(scores, sparsity) if group == "row" else layerwise_mask(scores, sparsity), 0)
+
+    magnitude = masked(W.abs(), "layer")
+    wanda = masked(W.abs() * X.norm(dim=0), "row")
+    error = lambda w: torch.linalg.norm(target - X @ w.t())  # noqa: E731
+    assert error(pruned) < error(wanda) < error(magnitude)
+
+
+def test_sparsegpt_handles_dead_inputs_and_keeps_exact_nm():
+    X = correlated_inputs(features=32)
+    X[:, 5] = 0  # a dead input feature
+    W = torch.randn(8, 32)
+    pruned = W.clone()
+    sparsegpt_layer(pruned, 2 * X.t() @ X / len(X), 0.5, (2, 4))
+    assert torch.all(pruned[:, 5] == 0)
+    assert torch.all((pruned != 0).reshape(8, -1, 4).sum(-1) <= 2)
+    assert torch.isfinite(pruned).all()
+
+
+def test_sparsegpt_raises_damping_instead_of_skipping_a_layer(caplog):
+    W = torch.randn(4, 8)
+    hessian = torch.diag(torch.tensor([1.0] * 7 + [-0.05]))  # indefinite at percdamp 0.01, fine at 0.1
+    warnings = []
+    pruned = W.clone()
+    sparsegpt_layer(pruned, hessian, 0.5, None, percdamp=0.01, layer="L", warnings=warnings)
+    assert warnings == [{"layer": "L", "percdamp": pytest.approx(0.1)}]
+    assert int((pruned == 0).sum()) == 16
+    with pytest.raises(PruneError, match="stays singular"):
+        sparsegpt_layer(W.clone(), -torch.eye(8), 0.5, None, layer="L")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "bert"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_every_family_prunes_to_exact_sparsity(arch, method):
+    model = tiny_model(arch)
+    windows = torch.randint(0, 97, (4, 16))
+    ctx = context(model, method, windows, sparsity=0.5, nm=(2, 4))
+    METHODS.get(method)(ctx)
+    for module in ctx.layers.values():
+        weight = weight_matrix(module)
+        assert torch.all((weight == 0).reshape(weight.shape[0], -1, 4).sum(-1) >= 2)
+    assert len(ctx.stats["calibration"][method]["block_seconds"]) == 2
+
+
+def test_pruned_block_outputs_feed_the_next_block():
+    """Batching windows through blocks gives the same result as one window at a time."""
+    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
+    one, many = tiny_model("llama").double(), tiny_model("llama").double()
+    METHODS.get("wanda")(context(one, "wanda", windows, calibration_batch_size=1))
+    METHODS.get("wanda")(context(many, "wanda", windows))
+    for (name, a), b in zip(one.named_parameters(), many.parameters()):
+        assert torch.equal(a == 0, b == 0), name
+
+
+def test_unknown_block_layout_names_the_class_and_the_fix():
+    model = tiny_model("llama")
+    model.config.model_type = "mystery"
+    with pytest.raises(PruneError, match=r"LlamaForCausalLM \(model_type 'mystery'\).*BLOCK_PATHS"):
+        blocks_of(model)
+
+
+def test_layers_outside_the_blocks_are_refused():
+    model = tiny_model("llama")
+    layers = select_layers(model, "all", [])  # includes lm_head
+    ctx = PruneContext(model, layers, 0.5, None, OmegaConf.create({"name": "wanda"}), torch.device("cpu"), calibration=torch.randint(0, 97, (2, 8)))
+    with pytest.raises(PruneError, match="lm_head is outside the transformer blocks"):
+        METHODS.get("wanda")(ctx)
+
+
+def test_owl_keeps_the_mean_and_favours_outlier_blocks():
+    sparsities = owl_block_sparsities([0.1, 0.5, 0.3, 0.9], sparsity=0.6, lam=0.08)
+    assert sum(sparsities) / 4 == pytest.approx(0.6)
+    assert max(sparsities) - min(sparsities) == pytest.approx(0.16)
+    assert sparsities[3] == min(sparsities) and sparsities[0] == max(sparsities)
+    with pytest.raises(PruneError, match="lower owl.lambda"):
+        owl_block_sparsities([0.0, 1.0], sparsity=0.05, lam=0.2)
+
+
+def test_owl_allocation_on_a_model():
+    model = tiny_model("llama")
+    ctx = context(model, "wanda", torch.randint(0, 97, (4, 16)), sparsity=0.5)
+    ctx.layer_sparsity = ALLOCATIONS.get("owl")(ctx, OmegaConf.create({"owl": {"lambda": 0.1, "M": 3}}))
+    assert set(ctx.layer_sparsity) == set(ctx.layers)
+    assert sum(ctx.stats["owl"]["block_sparsity"]) / 2 == pytest.approx(0.5)
+    with pytest.raises(PruneError, match="N:M"):
+        ALLOCATIONS.get("owl")(context(model, "wanda", torch.randint(0, 97, (2, 8)), nm=(2, 4)), OmegaConf.create({"owl": {"lambda": 0.1, "M": 3}}))

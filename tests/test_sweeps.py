@@ -1,0 +1,69 @@
+"""Sweeps: submitit local launcher, resume by run id, failure isolation, kill and re-run."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_prune
+from tests.test_cli import tiny_args
+
+SWEEP = ["method=magnitude,wanda", "sparsity=0.3,0.5", "data.nsamples=2", "eval.baseline=false"]
+
+
+def records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("metrics.json"))]
+
+
+def statuses(root: Path) -> list[str]:
+    return sorted(r["status"] for r in records(root))
+
+
+def test_local_parallel_launcher_resume_and_report(tmp_path, corpus):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra (hydra-submitit-launcher)")
+    args = ["run", "-m", *tiny_args(corpus), *SWEEP, "hydra/launcher=local_parallel"]
+    first = run_prune(*args, "hydra.sweep.dir=outputs/sweeps/first", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert statuses(tmp_path / "outputs/sweeps/first") == ["completed"] * 4
+    assert "4 completed, 0 skipped, 0 failed" in first.stdout
+    again = run_prune(*args, "hydra.sweep.dir=outputs/sweeps/again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert statuses(tmp_path / "outputs/sweeps/again") == ["skipped"] * 4
+    assert "0 completed, 4 skipped, 0 failed" in again.stdout
+    report = run_prune("report", "outputs", "--pivot", "rows=method,cols=sparsity_target,values=ppl", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "4 completed run" in report.stdout
+
+
+def test_resume_is_off_for_single_runs_and_can_be_forced_off_in_sweeps(tmp_path, corpus):
+    base = ["run", *tiny_args(corpus), "method=magnitude", "eval.baseline=false"]
+    assert run_prune(*base, cwd=tmp_path).returncode == 0
+    assert run_prune(*base, cwd=tmp_path).returncode == 0
+    assert statuses(tmp_path / "outputs") == ["completed", "completed"]
+    swept = run_prune("run", "-m", *base[1:], "resume=false", cwd=tmp_path)
+    assert swept.returncode == 0 and statuses(tmp_path / "outputs") == ["completed"] * 3
+    skipped = run_prune("run", "-m", *base[1:], cwd=tmp_path)
+    assert skipped.returncode == 0 and statuses(tmp_path / "outputs").count("skipped") == 1
+
+
+def test_killed_sweep_rerun_finishes_only_the_missing_jobs(tmp_path, corpus):
+    command = [sys.executable, "-c", "from prunecli.cli import main; main()", "run", "-m", *tiny_args(corpus),
+               "method=magnitude", "sparsity=0.1,0.2,0.3,0.4,0.5,0.6", "eval.baseline=false", "benchmark.repeats=40"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and statuses(tmp_path / "outputs").count("completed") < 2:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    done = statuses(tmp_path / "outputs").count("completed")
+    assert 2 <= done < 6, "the sweep should have been killed part-way"
+    for record in records(tmp_path / "outputs"):  # nothing claims completed without its files
+        run_dir = Path(record["run_dir"])
+        assert record["status"] != "completed" or {"results.csv", "layers.csv"} <= {p.name for p in run_dir.iterdir()}
+    rerun = subprocess.run(command[:-1] + ["benchmark.repeats=40"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{6 - done} completed, {done} skipped, 0 failed" in rerun.stdout
