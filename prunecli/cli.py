@@ -16,7 +16,8 @@ from prunecli import __version__
 from prunecli.errors import PruneError
 
 USAGE = """usage: prune run [HYDRA OPTIONS] [key=value ...]   prune one model (-m: sweep)
-       prune report PATH... [--columns C,...]       one table over many runs
+       prune report PATH... [--columns C,...] [--where K=V] [--pivot rows=R,cols=C,values=V]
+                    [--format csv|md|latex] [--plot]  one table (and plots) over many runs
        prune --version"""
 
 # Hydra flags that consume the next argument.

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunecli import console
+from prunecli import console, finetune, schedules
 from prunecli.benchmark import BENCHMARKS
 from prunecli.data import calibration_windows, load_documents
 from prunecli.environment import environment, peak_memory_mb
@@ -38,11 +38,14 @@ log = logging.getLogger(__name__)
 
 # Keys that say how to run, not what to compute: not part of the run id.
 BOOKKEEPING_KEYS = ("resume", "resume_root", "save_model", "logger")
+# Groups whose default changes nothing: left out of the run id, so ids from before they existed still match.
+NEUTRAL_DEFAULTS = {"finetune": {"name": "none"}, "schedule": {"name": "oneshot"}}
 
 
 def run_id(cfg: DictConfig) -> str:
     """Stable id: hash of the resolved run config (Hydra's own settings and bookkeeping excluded)."""
-    resolved = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in BOOKKEEPING_KEYS}
+    resolved = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                if k not in BOOKKEEPING_KEYS and NEUTRAL_DEFAULTS.get(k, ()) != v}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -64,6 +67,7 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
     nm = parse_pattern(cfg.get("pattern"), float(sparsity))
     if nm is not None and cfg.allocation != "uniform":
         raise PruneError(f"allocation={cfg.allocation} gives blocks different sparsities, which an N:M pattern cannot; use allocation=uniform")
+    finetune.validate(cfg)  # fine-tune and schedule settings
     return nm
 
 
@@ -78,6 +82,7 @@ class Prepared:
     evaluate: Callable[[torch.nn.Module], dict]
     calibration: torch.Tensor | None  # (nsamples, seqlen) windows, for data-aware methods only
     timings: dict = field(default_factory=dict)
+    finetune: finetune.FineTune | None = None  # checked training data and settings (finetune != none)
 
 
 @contextmanager
@@ -98,7 +103,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     torch.manual_seed(cfg.seed)
     with stage(timings, "load"):
         loaded = load_model(cfg)
-    if cfg.data.seqlen > loaded.max_length:
+    if loaded.tokenizer is not None and cfg.data.seqlen > loaded.max_length:  # text models only
         raise PruneError(f"data.seqlen={cfg.data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore)
     if nm is not None:
@@ -108,14 +113,26 @@ def prepare(cfg: DictConfig) -> Prepared:
     windows = None
     if needs_calibration(cfg):
         with stage(timings, "calibration_data"):
-            documents = load_documents(cfg.data.calibration)
-            windows = calibration_windows(loaded.tokenizer, documents, cfg.data.nsamples, cfg.data.seqlen, cfg.data.seed)
-    return Prepared(cfg, loaded, layers, nm, evaluate, windows, timings)
+            if loaded.input_shape is not None:  # image model: (images, labels), a fixed subset of its dataset's train split
+                from prunecli.data.vision import calibration_images
+
+                windows = calibration_images(cfg.model.dataset, loaded.input_shape, cfg.data.nsamples, cfg.data.seed)
+            else:
+                documents = load_documents(cfg.data.calibration)
+                windows = calibration_windows(loaded.tokenizer, documents, cfg.data.nsamples, cfg.data.seqlen, cfg.data.seed)
+    plan = None
+    if finetune.kind_of(cfg) != "none":
+        with stage(timings, "finetune_data"):
+            plan = finetune.plan(loaded, cfg, windows)
+    return Prepared(cfg, loaded, layers, nm, evaluate, windows, timings, plan)
 
 
 def needs_calibration(cfg: DictConfig) -> bool:
-    """Data-aware methods (``method.calibration: true``) and the OWL allocation use calibration windows."""
-    return bool(cfg.method.get("calibration", False)) or (cfg.method.get("prunes", True) and cfg.allocation == "owl")
+    """Data-aware methods (``method.calibration: true``, or the method's own ``needs_calibration``
+    for options-dependent ones such as structured criteria) and the OWL allocation use calibration windows."""
+    decide = getattr(METHODS.get(cfg.method.name), "needs_calibration", None)
+    method_needs = decide(cfg.method) if decide else bool(cfg.method.get("calibration", False))
+    return method_needs or (cfg.method.get("prunes", True) and cfg.allocation == "owl")
 
 
 def check_nm_divides(layers: dict, nm: tuple[int, int]) -> None:
@@ -131,18 +148,27 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     metrics: dict[str, Any] = {}
     if cfg.eval.get("baseline", False) and cfg.method.get("prunes", True):
         with stage(timings, "eval_dense"):
-            metrics["ppl_dense"] = prepared.evaluate(loaded.model).get("ppl")
+            dense = prepared.evaluate(loaded.model)
+            metrics["ppl_dense"] = dense.get("ppl")
+            if "accuracy" in dense:
+                metrics["accuracy_dense"] = dense["accuracy"]
     ctx = PruneContext(
         model=loaded.model, layers=prepared.layers, sparsity=float(cfg.sparsity), nm=prepared.nm,
         options=cfg.method, device=loaded.device, calibration=prepared.calibration,
+        loaded=loaded, evaluate=prepared.evaluate, run_dir=run_dir,
     )
     params_before = sum(p.numel() for p in loaded.model.parameters())
     with stage(timings, "prune"):
         if cfg.method.get("prunes", True):
             ctx.layer_sparsity = ALLOCATIONS.get(cfg.allocation)(ctx, cfg)
-        METHODS.get(cfg.method.name)(ctx)
+        if schedules.is_oneshot(cfg):  # other schedules prune during fine-tuning
+            METHODS.get(cfg.method.name)(ctx)
     # A structured method replaced layers (or whole blocks): count what the model has now.
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore) if cfg.method.get("structured", False) else prepared.layers
+    if prepared.finetune is not None:
+        with stage(timings, "finetune"):
+            metrics.update(prepared.finetune.run(ctx, layers, prepared.evaluate, run_dir))
+        metrics["finetune_s"] = timings["finetune"]
     summary, layer_rows = sparsity_summary(loaded.model, layers)
     summary["params_removed"] = params_before - summary["params_total"]
     summary["params_removed_frac"] = summary["params_removed"] / params_before
@@ -158,8 +184,9 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     metrics.update(summary)
     metrics.update(ctx.stats)
     metrics.update(
-        prune_s=timings["prune"] + timings.get("calibration_data", 0.0),  # calibration + pruning
+        prune_s=timings["prune"] + timings.get("calibration_data", 0.0) + metrics.get("schedule_prune_s", 0.0),  # calibration + pruning
         eval_s=timings["eval"],
+        total_s=sum(timings.values()),  # every stage, load included
         timings=timings,
         peak_memory_mb=peak_memory_mb(loaded.device),
         environment=environment(loaded.device),
@@ -174,17 +201,31 @@ def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         "status": "failed",
         "model": cfg.model.name,
         "method": cfg.method.name,
+        "finetune": finetune.kind_of(cfg),
+        "schedule": (cfg.get("schedule") or {}).get("name", "oneshot"),
         "pattern": cfg.get("pattern") or "unstructured",
         "sparsity_target": cfg.sparsity if cfg.method.get("prunes", True) else 0.0,
         "run_dir": str(run_dir),
         "overrides": list(overrides),
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "calibration": {"source": cfg.data.calibration.source, "nsamples": cfg.data.nsamples, "seqlen": cfg.data.seqlen, "seed": cfg.data.seed},
+        "calibration": {"source": data_source(cfg, "calibration"), "nsamples": cfg.data.nsamples, "seqlen": cfg.data.seqlen, "seed": cfg.data.seed},
     }
 
 
+def data_source(cfg: DictConfig, role: str) -> str:
+    """The calibration / eval source: an image model's ``model.dataset``, else ``data.<role>``."""
+    dataset = cfg.model.get("dataset")
+    return str(dataset.source) if dataset is not None and cfg.model.get("input_shape") else str(cfg.data[role].source)
+
+
 def save_model(loaded: LoadedModel, folder: Path) -> None:
-    """``save_pretrained`` (safetensors) plus the tokenizer, loadable with ``model=hf``."""
+    """``save_pretrained`` (safetensors) plus the tokenizer, loadable with ``model=hf``; a model without
+    ``save_pretrained`` (CNNs): its state dict as ``model.safetensors``, loadable with ``model.checkpoint``."""
+    if not hasattr(loaded.model, "save_pretrained"):
+        from prunecli.models.vision import save_safetensors
+
+        save_safetensors(loaded.model, folder / "model.safetensors")
+        return
     loaded.model.save_pretrained(folder, safe_serialization=True)
     loaded.tokenizer.save_pretrained(folder)
 
@@ -196,14 +237,17 @@ def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
         ("model", f"{cfg.model.name} ({cfg.model.dtype}, device={cfg.model.device})"),
         ("method", f"{cfg.method.name}  sparsity={cfg.sparsity}  pattern={cfg.get('pattern') or 'unstructured'}  allocation={cfg.allocation}"),
         ("targets", f"{cfg.targets}  ignore={list(cfg.ignore or [])}"),
-        ("calibration", f"{data.calibration.source}  nsamples={data.nsamples} seqlen={data.seqlen} seed={data.seed}"),
-        ("eval", f"{cfg.eval.name} on {data.eval.source}  max_eval_tokens={data.max_eval_tokens}"),
+        ("calibration", f"{data_source(cfg, 'calibration')}  nsamples={data.nsamples}"
+                        + (f" seqlen={data.seqlen}" if not cfg.model.get("input_shape") else "") + f" seed={data.seed}"),
+        ("eval", f"{cfg.eval.name} on {data_source(cfg, 'eval')}  "
+                 + (f"eval_samples={cfg.model.dataset.get('eval_samples')}" if cfg.model.get("input_shape") else f"max_eval_tokens={data.max_eval_tokens}")),
         ("benchmark", cfg.benchmark.name),
-    ]
+    ] + ([("finetune", f"{finetune.kind_of(cfg)}  schedule={schedules.describe(cfg)}")] if finetune.kind_of(cfg) != "none" else [])
 
 
 def result_table_rows(metrics: dict) -> list[tuple[str, str]]:
     """The key figures for the console summary."""
     keys = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "sparsity_all_params",
-            "params_total", "params_nonzero", "params_removed", "params_removed_frac", "ppl_dense", "ppl", "prefill_ms", "prune_s", "eval_s", "peak_memory_mb"]
+            "params_total", "params_nonzero", "params_removed", "params_removed_frac", "ppl_dense", "ppl_before_finetune", "ppl",
+            "accuracy_dense", "accuracy_before_finetune", "accuracy", "f1", "finetune_s", "prefill_ms", "prune_s", "eval_s", "peak_memory_mb"]
     return [(key, console.format_value(metrics[key])) for key in keys if metrics.get(key) is not None]

@@ -293,9 +293,40 @@ def plot_latency(latency: pd.DataFrame, folder: Path) -> list[Path]:
     return [folder / "latency_by_backend.png", folder / "latency_by_backend.csv"]
 
 
+def plot_training(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """``training_curves.png``: loss, validation figure and sparsity over fine-tune steps, one line per
+    run that has a ``train.csv`` (its data: ``training_curves.csv``)."""
+    curves = []
+    for _, row in frame.drop_duplicates(SOURCE).iterrows():
+        path = Path(row[SOURCE]) / "train.csv"
+        if path.exists():
+            label = " ".join(str(row.get(key)) for key in [*line_keys(frame), "sparsity_target"])
+            curves.append(pd.read_csv(path).assign(run=f"{label} ({row.get('run_id')})"))
+    if not curves:
+        return []
+    data = pd.concat(curves, ignore_index=True)
+    write_atomic(folder / "training_curves.csv", data.to_csv(index=False))
+    metrics = [c for c in data.columns if c.startswith("val_")]
+    figure = new_figure()
+    panels = figure.subplots(1, 2 + len(metrics[:1]), squeeze=False)[0]
+    for run, line in data.groupby("run"):
+        panels[0].plot(line["step"], line["loss"], label=run)
+        panels[1].plot(line["step"], line["sparsity"], label=run)
+        for axes, metric in zip(panels[2:], metrics[:1]):
+            points = line.dropna(subset=[metric])
+            axes.plot(points["step"], points[metric], marker=".", label=run)
+    panels[0].set(xlabel="step", ylabel="training loss", title="Loss")
+    panels[1].set(xlabel="step", ylabel="sparsity", title="Sparsity")
+    for axes, metric in zip(panels[2:], metrics[:1]):
+        axes.set(xlabel="step", ylabel=metric, title=metric, yscale="log" if "ppl" in metric else "linear")
+    figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", fontsize="x-small")
+    figure.savefig(folder / "training_curves.png", dpi=150)
+    return [folder / "training_curves.png", folder / "training_curves.csv"]
+
+
 def write_plots(frame: pd.DataFrame, latency: pd.DataFrame | None, folder: Path) -> None:
     """The standard figures, each with the CSV of the data behind it."""
-    written = plot_ppl(frame, folder) + (plot_latency(latency, folder) if latency is not None else [])
+    written = plot_ppl(frame, folder) + (plot_latency(latency, folder) if latency is not None else []) + plot_training(frame, folder)
     if written:
         console.console.print(f"wrote {', '.join(map(str, written))}")
 

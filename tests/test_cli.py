@@ -43,7 +43,7 @@ def assert_clean_failure(result, cwd: Path, message: str):
         (["data.max_eval_tokens=16", "data.seqlen=32"], "shorter than one window"),
         (["method=wanda", "data.nsamples=0"], "data.nsamples must be a positive integer"),
         (["method=wanda", "pattern=5:10", "sparsity=0.5"], "M=10 does not divide the input dimension 64 of layer model.layers.0.self_attn.q_proj"),
-        (["+experiment=nope"], "unknown experiment 'nope' (choose from: oneshot_llm"),
+        (["+experiment=nope"], "unknown experiment 'nope' (choose from: layer_scope, method_comparison, oneshot_llm"),
         (["logger=wandb"], "unknown logger 'wandb'"),
         (["allocation=owl", "pattern=2:4"], "N:M"),
         (["allocation=fancy"], "unknown allocation 'fancy'"),

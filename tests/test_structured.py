@@ -18,7 +18,7 @@ from prunecli.models.hub import from_pretrained
 from prunecli.models.layout import blocks_of
 from prunecli.models.tiny import tiny_tokenizer
 from prunecli.structured.groups import head_counts, family_of
-from prunecli.structured.methods import apply, check_options, plan
+from prunecli.structured.methods import apply, check_options, needs_calibration, plan
 from tests.conftest import REPO, TINY_CONFIGS, run_prune, tiny_model
 
 WINDOWS = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -29,7 +29,7 @@ FFN_INPUTS = {"llama": 2, "gpt2": 1, "opt": 1, "bert": 1}
 
 
 def context(model, sparsity=0.5, windows=WINDOWS, **options):
-    opts = OmegaConf.create({"name": "heads", "calibration_batch_size": 2, "calibration": windows is not None, **options})
+    opts = OmegaConf.create({"name": "heads", "calibration_batch_size": 2, **options})
     return PruneContext(model, {}, sparsity, None, opts, torch.device("cpu"), calibration=windows)
 
 
@@ -294,8 +294,8 @@ def test_unsupported_module_type_and_family_are_named():
 
 
 @pytest.mark.parametrize("arch, kind, options, message", [
-    ("llama", "heads", dict(criterion="activation"), "criterion activation needs calibration data: set method.calibration=true"),
-    ("llama", "ffn", dict(criterion="l2", bias_compensation=True), "needs calibration data"),
+    ("llama", "heads", dict(criterion="activation"), "criterion activation needs calibration windows"),
+    ("llama", "ffn", dict(criterion="l2", bias_compensation=True), "needs calibration windows"),
     ("bert", "ffn", dict(criterion="taylor"), "criterion taylor needs a causal LM"),
     ("llama", "ffn", dict(criterion="entropy"), "criterion entropy scores heads only, not ffn"),
     ("llama", "ffn", dict(criterion="nope"), "unknown structured criterion 'nope'"),
@@ -308,11 +308,14 @@ def test_bad_options_give_one_line_errors(arch, kind, options, message):
 
 
 def test_options_are_checked_before_anything_is_loaded():
-    """``pipeline.validate`` calls ``check_options``: a data-aware criterion without data fails at once."""
+    """``pipeline.validate`` calls ``check_options``; the pipeline builds calibration data when the options need it."""
     options = OmegaConf.load(REPO / "configs" / "method" / "heads.yaml")
     check_options(options, 0.5)
-    with pytest.raises(PruneError, match="criterion taylor needs calibration data: set method.calibration=true"):
-        check_options(OmegaConf.merge(options, {"criterion": "taylor"}), 0.5)
+    assert not needs_calibration(options)
+    assert needs_calibration(OmegaConf.merge(options, {"criterion": "taylor"}))
+    assert needs_calibration(OmegaConf.merge(options, {"bias_compensation": True}))
+    layers = OmegaConf.load(REPO / "configs" / "method" / "layers.yaml")
+    assert needs_calibration(layers) and not needs_calibration(OmegaConf.merge(layers, {"layers_to_remove": [1]}))
     with pytest.raises(PruneError, match="criterion entropy scores heads only, not ffn"):
         check_options(OmegaConf.merge(OmegaConf.load(REPO / "configs" / "method" / "ffn.yaml"), {"criterion": "entropy"}), 0.5)
     assert getattr(METHODS.get("layers"), "check_options") is check_options

@@ -60,9 +60,12 @@ def no_benchmark(loaded: Any, cfg: Any) -> dict:
 @BENCHMARKS.register("quick")
 @torch.no_grad()
 def quick(loaded: Any, cfg: Any) -> dict:
-    """Prefill latency: one forward pass over ``batch_size x seqlen`` random tokens."""
-    generator = torch.Generator().manual_seed(0)
-    vocab = loaded.model.get_input_embeddings().num_embeddings
-    tokens = torch.randint(0, vocab, (cfg.batch_size, cfg.seqlen), generator=generator).to(loaded.device)
-    times = time_call(lambda: loaded.model(input_ids=tokens), loaded.device, cfg.warmup, cfg.repeats)
-    return summarize(times, "prefill", tokens.numel())
+    """Prefill latency: one forward pass over ``batch_size x seqlen`` random tokens.
+
+    An image model (``loaded.input_shape``) gets ``batch_size`` random images instead; its
+    ``prefill_tokens_per_s`` counts images per second.
+    """
+    args, kwargs = loaded.example_input(cfg.batch_size, cfg.seqlen)
+    count = args[0].shape[0] if args else kwargs["input_ids"].numel()
+    times = time_call(lambda: loaded.model(*args, **kwargs), loaded.device, cfg.warmup, cfg.repeats)
+    return summarize(times, "prefill", count)

@@ -15,4 +15,4 @@ def no_evaluation(loaded: Any, cfg: Any) -> Callable[[Any], dict]:
     return lambda model: {}
 
 
-from prunecli.evaluate import perplexity  # noqa: E402,F401
+from prunecli.evaluate import accuracy, perplexity  # noqa: E402,F401

@@ -29,6 +29,11 @@ class PruneContext:
     calibration: torch.Tensor | None = field(repr=False, default=None)  # (nsamples, seqlen) token windows
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # per-layer targets (allocation)
     stats: dict = field(default_factory=dict)  # method-specific figures for metrics.json
+    # Set by the pipeline: the LoadedModel (task, example input: method=filters traces with it),
+    # the run's evaluator and run directory (method=sensitivity evaluates and writes files).
+    loaded: Any = field(repr=False, default=None)
+    evaluate: Callable[[nn.Module], dict] | None = field(repr=False, default=None)
+    run_dir: Any = None
 
     def sparsity_of(self, name: str) -> float:
         """The target of one layer: its allocated sparsity, else the global one."""
@@ -46,3 +51,5 @@ def dense(ctx: PruneContext) -> None:
 # Register the methods.
 from prunecli.methods import magnitude, sparsegpt, wanda  # noqa: E402,F401
 from prunecli.structured import methods as _structured  # noqa: E402,F401  (heads, ffn, layers, head_mask)
+from prunecli.structured.cnn import methods as _cnn  # noqa: E402,F401  (filters)
+from prunecli.structured import sensitivity as _sensitivity  # noqa: E402,F401  (sensitivity)

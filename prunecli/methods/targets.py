@@ -1,7 +1,8 @@
 """Which weight matrices a method touches: ``targets`` / ``ignore`` regexes over module names.
 
-A *prunable layer* is an ``nn.Linear`` or a GPT-2 ``Conv1D`` (whose weight is stored
-transposed, ``(in, out)``). :func:`weight_matrix` always returns the ``(out, in)`` view, so
+A *prunable layer* is an ``nn.Linear``, a GPT-2 ``Conv1D`` (whose weight is stored
+transposed, ``(in, out)``) or an ``nn.Conv2d`` (weight ``(out, in/groups, kh, kw)``).
+:func:`weight_matrix` always returns the ``(out, in)`` view (a conv's filters flattened), so
 methods can reason in one orientation and write through the view.
 """
 
@@ -27,13 +28,15 @@ TARGET_PRESETS: dict[str, list[str]] = {
 def is_prunable(module: nn.Module) -> bool:
     from transformers.pytorch_utils import Conv1D
 
-    return isinstance(module, (nn.Linear, Conv1D))
+    return isinstance(module, (nn.Linear, Conv1D, nn.Conv2d))
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The weight as an ``(out_features, in_features)`` tensor (a view for ``Conv1D``)."""
     from transformers.pytorch_utils import Conv1D
 
+    if isinstance(module, nn.Conv2d):
+        return module.weight.data.view(module.weight.shape[0], -1)
     return module.weight.data.t() if isinstance(module, Conv1D) else module.weight.data
 
 
@@ -63,5 +66,5 @@ def select_layers(model: nn.Module, targets: str | Sequence[str], ignore: Sequen
         if is_prunable(module) and matches(name, wanted) and not matches(name, unwanted)
     }
     if not layers:
-        raise PruneError(f"targets={targets} ignore={list(ignore or [])} match no Linear/Conv1D layer of {type(model).__name__}")
+        raise PruneError(f"targets={targets} ignore={list(ignore or [])} match no Linear/Conv1D/Conv2d layer of {type(model).__name__}")
     return layers

@@ -21,9 +21,19 @@ class LoadedModel:
     model: nn.Module
     tokenizer: Any
     name: str
-    task: str  # "causal_lm" or "encoder"
+    task: str  # "causal_lm", "encoder", "sequence_classifier" or "image_classifier"
     device: torch.device
     dtype: torch.dtype
+    input_shape: tuple[int, ...] | None = None  # one image (C, H, W), for image models (``model.input_shape``)
+
+    def example_input(self, batch_size: int = 1, seqlen: int = 128, seed: int = 0) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` for one forward pass: random images, else random tokens (benchmarks, tracing)."""
+        generator = torch.Generator().manual_seed(seed)
+        if self.input_shape is not None:
+            images = torch.randn((batch_size, *self.input_shape), generator=generator)
+            return (images.to(device=self.device, dtype=self.dtype),), {}
+        vocab = self.model.get_input_embeddings().num_embeddings
+        return (), {"input_ids": torch.randint(0, vocab, (batch_size, seqlen), generator=generator).to(self.device)}
 
     @property
     def max_length(self) -> int:
@@ -63,9 +73,11 @@ def load_model(cfg: Any) -> LoadedModel:
     model = model.to(device=device, dtype=dtype).eval()
     # Whole corpora are tokenised as one text and cut into windows here, never fed whole to
     # the model: silence the tokenizer's "longer than the model maximum" warning.
-    tokenizer.model_max_length = int(1e30)
-    return LoadedModel(model, tokenizer, cfg.model.name, task, device, dtype)
+    if tokenizer is not None:  # image models have none
+        tokenizer.model_max_length = int(1e30)
+    input_shape = tuple(int(d) for d in cfg.model.input_shape) if cfg.model.get("input_shape") else None
+    return LoadedModel(model, tokenizer, cfg.model.name, task, device, dtype, input_shape)
 
 
 # Register the loaders.
-from prunecli.models import hub, packaged, tiny  # noqa: E402,F401
+from prunecli.models import hub, packaged, tiny, vision  # noqa: E402,F401

@@ -15,20 +15,23 @@ def task_of(config: Any, requested: str) -> str:
 
     if requested != "auto":
         return requested
+    if any(str(arch).endswith("ForSequenceClassification") for arch in getattr(config, "architectures", None) or []):
+        return "sequence_classifier"  # e.g. a saved fine-tuned classifier
     return "causal_lm" if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING else "encoder"
 
 
-def from_pretrained(name_or_path: str, task: str = "auto", trust_remote_code: bool = False, revision: str | None = None):
+def from_pretrained(name_or_path: str, task: str = "auto", trust_remote_code: bool = False, revision: str | None = None,
+                    num_labels: int | None = None):
     """Load config, model and tokenizer with the transformers Auto classes."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from prunecli.structured.loading import has_structure, load_structured
 
     kwargs = {"trust_remote_code": bool(trust_remote_code), "revision": revision}
     try:
-        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs, **({"num_labels": int(num_labels)} if num_labels else {}))
         task = task_of(config, task)
-        auto = AutoModelForCausalLM if task == "causal_lm" else AutoModel
+        auto = {"causal_lm": AutoModelForCausalLM, "sequence_classifier": AutoModelForSequenceClassification}.get(task, AutoModel)
         if has_structure(config):  # per-layer shapes from structured pruning
             model = load_structured(name_or_path, config, auto, kwargs["trust_remote_code"])
         else:
@@ -55,4 +58,4 @@ def load_hf(cfg: Any):
         raise PruneError(f"model path {name!r} does not exist")
     if Path(name).expanduser().exists():
         name = str(Path(name).expanduser())
-    return from_pretrained(name, cfg.get("task", "auto"), cfg.get("trust_remote_code", False), cfg.get("revision"))
+    return from_pretrained(name, cfg.get("task", "auto"), cfg.get("trust_remote_code", False), cfg.get("revision"), cfg.get("num_labels"))

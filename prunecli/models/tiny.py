@@ -21,6 +21,7 @@ ARCHITECTURES = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", "causal_lm"),
     "opt": ("OPTConfig", "OPTForCausalLM", "causal_lm"),
     "bert": ("BertConfig", "BertModel", "encoder"),
+    "bert_classifier": ("BertConfig", "BertForSequenceClassification", "sequence_classifier"),
 }
 
 

@@ -68,7 +68,7 @@ class Evidence:
     """Calibration statistics of the unpruned model, computed on first use and shared.
 
     ``ctx`` is the :class:`~prunecli.methods.PruneContext`; every statistic needs
-    ``ctx.calibration`` (``method.calibration=true``).
+    ``ctx.calibration`` (the pipeline builds it when :func:`needs_calibration` says so).
     """
 
     def __init__(self, ctx, family: Family, groups: list[BlockGroups]):
@@ -78,7 +78,7 @@ class Evidence:
 
     def windows(self, why: str) -> torch.Tensor:
         if self.ctx.calibration is None:
-            raise PruneError(f"{why} needs calibration data: set method.calibration=true")
+            raise PruneError(f"{why} needs calibration windows (none were given)")
         return self.ctx.calibration
 
     def batches(self, why: str):

@@ -8,8 +8,9 @@ explicit ``layers_to_remove``.
 
 Options (``configs/method/{heads,ffn,layers,head_mask}.yaml``): ``criterion``,
 ``allocation: per_layer | global``, ``gqa: kv_groups | query_heads``, ``min_heads_per_layer``,
-``bias_compensation``, ``allow_empty_layers``, ``calibration`` (data for ``taylor``,
-``activation``, ``entropy``, ``confidence``, FLAP and Block Influence).
+``bias_compensation``, ``allow_empty_layers``. Calibration windows are built when the criterion
+(``taylor``, ``activation``, ``entropy``, ``confidence``), FLAP or Block Influence needs them
+(:func:`needs_calibration`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,16 @@ def check_options(options: Any, sparsity: float) -> None:
         kind = "heads" if options.name in ("heads", "head_mask") else "ffn"
         if kind not in criterion.kinds:
             raise PruneError(f"criterion {options.criterion} scores {', '.join(criterion.kinds)} only, not {kind}")
-        needs = criterion.needs_data or options.get("bias_compensation", False)
-        if needs and not options.get("calibration", False):
-            why = f"criterion {options.criterion}" if criterion.needs_data else "bias_compensation"
-            raise PruneError(f"{why} needs calibration data: set method.calibration=true")
         SELECTIONS.get(options.get("allocation", "per_layer"))
         if options.get("gqa", "kv_groups") not in ("kv_groups", "query_heads"):
             raise PruneError(f"unknown gqa mode {options.gqa!r} (choose from: kv_groups, query_heads)")
+
+
+def needs_calibration(options: Any) -> bool:
+    """Data-aware criteria, FLAP bias compensation and Block Influence need calibration windows."""
+    if options.name == "layers":
+        return options.get("layers_to_remove") is None
+    return CRITERIA.get(options.get("criterion", "l2")).needs_data or bool(options.get("bias_compensation", False))
 
 
 def _check_context(ctx: PruneContext) -> None:
@@ -159,7 +163,7 @@ def blocks_to_remove(ctx: PruneContext) -> tuple[list[int], list[float] | None]:
     if criterion != "block_influence":
         raise PruneError(f"unknown layers criterion {criterion!r} (choose from: block_influence, or give layers_to_remove)")
     if ctx.calibration is None:
-        raise PruneError("criterion block_influence needs calibration data: set method.calibration=true")
+        raise PruneError("criterion block_influence needs calibration windows (none were given)")
     _, blocks = blocks_of(ctx.model)
     influence = block_influence(ctx.model, ctx.calibration, int(ctx.options.get("calibration_batch_size", 8)), ctx.device)
     k = select([each_unit(influence)], ctx.sparsity, "per_layer", [0], None, False, "block")[0]
@@ -179,3 +183,4 @@ def layers(ctx: PruneContext) -> None:
 
 for _method in (heads, head_mask, ffn, layers):
     _method.check_options = check_options
+    _method.needs_calibration = needs_calibration

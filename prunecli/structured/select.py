@@ -45,11 +45,17 @@ def query_head_slots(scores: torch.Tensor, heads_per_kv: int) -> Candidates:
     return Candidates(per_group.gather(1, order).sum(0), (order + first).t().contiguous())
 
 
-def check_exact(sparsity: float, count: int, what: str) -> None:
-    """Refuse a ratio that is not a whole number of the ``count`` candidates, naming those that are."""
-    if count and not math.isclose(sparsity * count, round(sparsity * count), abs_tol=1e-9):
-        possible = ", ".join(f"{k / count:g}" for k in range(count)) if count <= 16 else f"multiples of 1/{count}"
+def exact_count(sparsity: float, count: int, what: str) -> int:
+    """How many of ``count`` candidates a ratio removes when it must be a whole number of them.
+
+    A ratio within 0.01 of a candidate of a whole number is that number (typing 0.333 for one
+    of 3 KV groups removes one); any other ratio is refused, naming the ones that work.
+    """
+    k = round(sparsity * count)
+    if not math.isclose(sparsity * count, k, abs_tol=0.01):
+        possible = ", ".join(f"{j / count:.4g}" for j in range(count)) if count <= 16 else f"multiples of 1/{count}"
         raise PruneError(f"sparsity={sparsity} cannot be honoured with {count} {what}; possible ratios: {possible}")
+    return k
 
 
 # An allocation returns how many candidates each layer loses and which (indices into its candidates).
@@ -62,9 +68,7 @@ def per_layer(layers: list[Candidates], sparsity: float, caps: list[int], exact:
     chosen = []
     for layer, cap in zip(layers, caps):
         n = len(layer.scores)
-        if exact:
-            check_exact(sparsity, n, f"{exact} in each layer")
-        k = min(prune_count(n, sparsity), cap)
+        k = min(exact_count(sparsity, n, f"{exact} in each layer") if exact else prune_count(n, sparsity), cap)
         chosen.append(layer.scores.argsort(stable=True)[:k])
     return chosen
 
@@ -74,9 +78,7 @@ def global_(layers: list[Candidates], sparsity: float, caps: list[int], exact: s
     """One ranking over every layer: the ``floor(s * N)`` lowest of all ``N`` candidates go,
     skipping a layer once it reaches its cap (``min_heads_per_layer``)."""
     total = sum(len(layer.scores) for layer in layers)
-    if exact:
-        check_exact(sparsity, total, f"{exact} in all layers")
-    budget = prune_count(total, sparsity)
+    budget = exact_count(sparsity, total, f"{exact} in all layers") if exact else prune_count(total, sparsity)
     scores = torch.cat([layer.scores for layer in layers]) if layers else torch.zeros(0)
     owners = torch.cat([torch.full((len(layer.scores),), i) for i, layer in enumerate(layers)]) if layers else torch.zeros(0)
     offsets = [0] + torch.tensor([len(layer.scores) for layer in layers]).cumsum(0).tolist()

@@ -1,0 +1,110 @@
+"""``eval=accuracy``: classification accuracy (and F1), dispatched on the model's task.
+
+:data:`ACCURACY_TASKS` maps ``LoadedModel.task`` to a factory ``(loaded, cfg) -> evaluate(model)``
+whose metrics hold at least ``accuracy``:
+
+* ``image_classifier`` (registered here): the test split of ``model.dataset`` (its first
+  ``eval.max_examples`` images if set, else ``model.dataset.eval_samples``);
+* ``sequence_classifier``: registered by :mod:`prunecli.finetune.classifier`, imported on
+  first use (:data:`TASK_MODULES`).
+
+A new task registers itself the same way::
+
+    @ACCURACY_TASKS.register("my_task")
+    def my_task(loaded, cfg):
+        inputs, labels = ...                    # built once
+        return lambda model: accuracy_f1(predict(model, inputs), labels, num_labels)
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from prunecli.errors import PruneError, RunFailedError
+from prunecli.evaluate import EVALUATORS
+from prunecli.registry import Registry
+
+ACCURACY_TASKS: Registry[Callable[[Any, Any], Callable[[torch.nn.Module], dict]]] = Registry("accuracy task")
+TASK_EVALUATORS = ACCURACY_TASKS  # alias
+# Tasks registered by modules that are imported only when a run asks for them.
+TASK_MODULES = {"sequence_classifier": "prunecli.finetune.classifier"}
+
+
+def accuracy_f1(predictions: Sequence[int], labels: Sequence[int], num_labels: int = 2) -> dict:
+    """``accuracy`` and ``f1``: F1 of class 1 (the positive class) for 2 labels, else the macro F1."""
+    predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    n = len(labels)
+    accuracy = sum(p == y for p, y in zip(predictions, labels)) / n if n else 0.0
+
+    def f1_of(c: int) -> float:
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
+        fp = sum(p == c and y != c for p, y in zip(predictions, labels))
+        fn = sum(p != c and y == c for p, y in zip(predictions, labels))
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+    f1 = f1_of(1) if num_labels == 2 else sum(f1_of(c) for c in range(num_labels)) / max(num_labels, 1)
+    return {"accuracy": accuracy, "f1": f1}
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """From ``(N, classes)`` logits: ``accuracy`` (top-1), ``f1`` (as :func:`accuracy_f1`), ``top5_accuracy``
+    (5 classes or more), mean cross-entropy ``eval_loss`` and ``eval_samples``.
+
+    Non-finite logits raise :class:`RunFailedError` instead of reporting a number.
+    """
+    logits, labels = logits.float().cpu(), labels.long().cpu()
+    if not torch.isfinite(logits).all():
+        raise RunFailedError("evaluation logits are not finite (the pruned model produces NaN/inf)")
+    metrics = accuracy_f1(logits.argmax(1).tolist(), labels.tolist(), logits.shape[1])
+    metrics["eval_loss"] = F.cross_entropy(logits, labels).item()
+    metrics["eval_samples"] = len(labels)
+    if logits.shape[1] >= 5:
+        metrics["top5_accuracy"] = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).double().mean().item()
+    if not math.isfinite(metrics["eval_loss"]):
+        raise RunFailedError(f"evaluation loss is {metrics['eval_loss']}")
+    return metrics
+
+
+@torch.no_grad()
+def classifier_logits(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device,
+                      prepare: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) over ``inputs`` in batches (each through ``prepare``), fp32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        dtype = next(model.parameters()).dtype
+        batches = (prepare(b) if prepare else b for b in torch.split(inputs, batch_size))
+        return torch.cat([model(batch.to(device=device, dtype=dtype)).float().cpu() for batch in batches])
+    finally:
+        model.train(was_training)
+
+
+@ACCURACY_TASKS.register("image_classifier")
+def image_classifier(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
+    from prunecli.data.vision import eval_images, fit_to
+
+    images, labels = eval_images(cfg.model.dataset, None, cfg.eval.get("max_examples"))  # native size, fitted per batch
+    batch_size = int(cfg.eval.get("batch_size", 64))
+    fit = lambda batch: fit_to(batch, loaded.input_shape)  # noqa: E731
+    return lambda model: classification_metrics(classifier_logits(model, images, batch_size, loaded.device, fit), labels)
+
+
+def task_evaluator(task: str, name: str = "the model") -> Callable[[Any, Any], Callable[[torch.nn.Module], dict]]:
+    if task not in ACCURACY_TASKS and task in TASK_MODULES:
+        importlib.import_module(TASK_MODULES[task])
+    if task not in ACCURACY_TASKS:
+        raise PruneError(f"eval=accuracy has no evaluator for {name}, a {task} "
+                         f"(tasks: {', '.join(sorted({*ACCURACY_TASKS.names(), *TASK_MODULES}))}; use eval=perplexity or eval=none)")
+    return ACCURACY_TASKS.get(task)
+
+
+@EVALUATORS.register("accuracy")
+def accuracy_evaluator(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
+    return task_evaluator(loaded.task, f"model {loaded.name}")(loaded, cfg)

@@ -1,0 +1,313 @@
+"""Image classifiers: built-in CNNs (``small_cnn`` trained on first use, ``resnet_tiny``) and torchvision.
+
+* ``small_cnn`` (``source: builtin_cnn``, ``arch: small_cnn``): conv+BN+ReLU blocks, a
+  depthwise-separable block, a residual block and a Linear head over a 2x2 pooled map (the
+  Linear sees a flatten of 4 features per channel), for 28x28 grayscale Fashion-MNIST. The
+  first load trains it for ``model.train_epochs`` (``model.train_steps`` caps the steps) under
+  ``model.seed`` and caches the weights as safetensors in the user cache
+  (:func:`prunecli.assets.cache_dir`); the file name holds a hash of every setting that changes
+  the weights, so later runs load in milliseconds.
+* ``resnet_tiny``: a ResNet-18-shaped toy (BasicBlocks with ``out += identity`` and projection
+  shortcuts); random init unless ``model.train_epochs`` / ``model.train_steps`` is set.
+* ``torchvision``: ``torchvision.models.get_model(model.arch, num_classes=...)`` with weights
+  from ``model.checkpoint`` (``torch.load(..., weights_only=True)``, or a ``.safetensors``
+  file) else random init; torchvision is optional and imported only here.
+
+A checkpoint saved from a pruned model (``save_model=true``: ``model.safetensors``) holds
+smaller tensors than a fresh model; :func:`load_state_resized` shrinks the modules to the saved
+shapes first, so ``model.checkpoint=<run>/model/model.safetensors`` reloads a pruned model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from prunecli.assets import cache_dir
+from prunecli.errors import PruneError
+from prunecli.models import MODEL_SOURCES
+
+log = logging.getLogger(__name__)
+
+TASK = "image_classifier"
+
+
+def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Residual(nn.Module):
+    """``relu(x + bn(conv(relu(bn(conv(x))))))``: the channels of ``x`` and of the output are one set."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(x + self.bn2(self.conv2(y)))
+
+
+class SmallCNN(nn.Module):
+    """28x28 -> stem (28) -> down (14) -> depthwise-separable (7) -> residual (7) -> 2x2 pool -> Linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 40)):
+        super().__init__()
+        w1, w2, w3 = widths
+        self.stem = conv_bn(in_channels, w1)
+        self.down = conv_bn(w1, w2, stride=2)
+        self.dw = conv_bn(w2, w2, stride=2, groups=w2)  # depthwise
+        self.pw = conv_bn(w2, w3, kernel=1)  # pointwise
+        self.res = Residual(w3)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(w3 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res(self.pw(self.dw(self.down(self.stem(x)))))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: ``out += identity`` (a 1x1 conv + BN shortcut when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class TinyResNet(nn.Module):
+    """A ResNet-18-shaped toy: stem, two blocks per stage, a projection shortcut per new stage, global pool, fc."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, ...] = (16, 32)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages, cin = [], widths[0]
+        for index, width in enumerate(widths):
+            stages.append(nn.Sequential(BasicBlock(cin, width, 1 if index == 0 else 2), BasicBlock(width, width)))
+            cin = width
+        self.layers = nn.Sequential(*stages)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+ARCHITECTURES = {"small_cnn": (SmallCNN, [16, 32, 40]), "resnet_tiny": (TinyResNet, [16, 32])}
+
+
+def _settings(cfg: Any) -> dict:
+    arch = str(cfg.get("arch", "small_cnn"))
+    if arch not in ARCHITECTURES:
+        raise PruneError(f"unknown built-in CNN arch {arch!r} (choose from: {', '.join(ARCHITECTURES)})")
+    return {
+        "arch": arch, "widths": list(cfg.get("widths") or ARCHITECTURES[arch][1]), "num_classes": int(cfg.get("num_classes", 10)),
+        "in_channels": int(cfg.input_shape[0]), "input_shape": [int(d) for d in cfg.input_shape], "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+        "train_epochs": cfg.get("train_epochs", 2), "train_steps": cfg.get("train_steps"),
+        "train_batch_size": int(cfg.get("train_batch_size", 128)), "train_lr": float(cfg.get("train_lr", 2e-3)), "seed": int(cfg.get("seed", 0)),
+    }
+
+
+def cached_weights_path(cfg: Any) -> Path:
+    settings = _settings(cfg)
+    settings["dataset"] = {k: v for k, v in settings["dataset"].items() if k in ("source", "path")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "vision" / f"{settings['arch']}-{digest}.safetensors"
+
+
+def build_cnn(cfg: Any) -> nn.Module:
+    """The built-in ``cfg.arch`` with weights drawn under ``cfg.seed`` (untrained)."""
+    settings = _settings(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings["seed"])
+        return ARCHITECTURES[settings["arch"]][0](settings["in_channels"], settings["num_classes"], tuple(settings["widths"]))
+
+
+def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: float, steps: int | None,
+                     batch_size: int, lr: float, seed: int) -> dict:
+    """Adam with a cosine schedule over shuffled mini-batches (fixed seed); returns the final figures."""
+    generator = torch.Generator().manual_seed(seed)
+    per_epoch = -(-len(images) // batch_size)
+    total = int(steps) if steps is not None else max(1, round(float(epochs) * per_epoch))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    model.train()
+    step, start, losses = 0, time.perf_counter(), []
+    while step < total:
+        order = torch.randperm(len(images), generator=generator)
+        for batch in order.split(batch_size):
+            if step == total:
+                break
+            loss = F.cross_entropy(model(images[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            step += 1
+            if step % 100 == 0:
+                log.info("train step %d/%d loss %.3f", step, total, sum(losses[-100:]) / len(losses[-100:]))
+    model.eval()
+    return {"steps": total, "seconds": time.perf_counter() - start, "final_loss": sum(losses[-50:]) / len(losses[-50:])}
+
+
+def save_safetensors(model: nn.Module, path: Path, metadata: dict | None = None) -> None:
+    """The state dict as safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, temp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+@MODEL_SOURCES.register("builtin_cnn")
+def load_builtin_cnn(cfg: Any):
+    """``cfg.checkpoint`` if given; else trained once (``train_epochs`` > 0 or ``train_steps``) and cached; else random init."""
+    from prunecli.data.vision import image_split
+
+    model = build_cnn(cfg)
+    if cfg.get("checkpoint"):
+        load_state_resized(model, read_checkpoint(cfg.checkpoint))
+        return model, None, TASK
+    settings = _settings(cfg)
+    if not settings["train_epochs"] and not settings["train_steps"]:
+        return model, None, TASK
+    path = cached_weights_path(cfg)
+    if not path.exists():
+        images, labels = image_split(cfg.dataset, "train", tuple(cfg.input_shape))
+        log.info("training %s once (%s epochs, seed %d); weights cached in %s", settings["arch"], settings["train_epochs"], settings["seed"], path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings["seed"])
+            figures = train_classifier(model, images, labels, settings["train_epochs"], settings["train_steps"],
+                                       settings["train_batch_size"], settings["train_lr"], settings["seed"])
+        log.info("trained %s: %d steps in %.1f s, final loss %.3f", settings["arch"], figures["steps"], figures["seconds"], figures["final_loss"])
+        save_safetensors(model, path, {"settings": json.dumps(settings, sort_keys=True), **figures})
+    load_state_resized(model, read_checkpoint(str(path)))
+    return model, None, TASK
+
+
+def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file (``weights_only=True``; ``state_dict`` / ``model`` keys unwrapped)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise PruneError(f"model.checkpoint={path}: no such file")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    try:
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise PruneError(f"model.checkpoint={path} cannot be read as a weights-only torch file: {str(err).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise PruneError(f"model.checkpoint={path} holds a {type(state).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+@torch.no_grad()
+def load_state_resized(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state``, first shrinking Conv2d / BatchNorm / Linear / PReLU modules to its shapes (a pruned checkpoint)."""
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight" if name else "weight")
+        if weight is None or not hasattr(module, "weight") or module.weight is None or module.weight.shape == weight.shape:
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            module.out_channels = weight.shape[0]
+            module.in_channels = weight.shape[0] if depthwise else weight.shape[1] * module.groups
+            if depthwise:
+                module.groups = weight.shape[0]
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = weight.shape
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.num_features = weight.shape[0]
+            for buffer in ("running_mean", "running_var"):
+                if getattr(module, buffer, None) is not None:
+                    setattr(module, buffer, torch.empty(weight.shape[0]))
+        elif isinstance(module, nn.PReLU):
+            module.num_parameters = weight.shape[0]
+        else:
+            continue
+        module.weight = nn.Parameter(torch.empty_like(weight))
+        if getattr(module, "bias", None) is not None:
+            module.bias = nn.Parameter(torch.empty(weight.shape[0]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PruneError(f"checkpoint does not fit {type(model).__name__}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+
+
+TORCHVISION_HINT = "pip install 'prunecli[vision]' (a torchvision build matching torch {torch})"
+
+
+def import_torchvision():
+    """``torchvision.models``, or a one-line error with the pip command."""
+    try:
+        import torchvision.models as models
+    except ImportError:
+        raise PruneError("model=torchvision needs torchvision, which is not installed: " + TORCHVISION_HINT.format(torch=torch.__version__)) from None
+    except Exception as err:  # installed but built for another torch (operator registration fails)
+        raise PruneError(f"torchvision cannot be imported ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): "
+                         + TORCHVISION_HINT.format(torch=torch.__version__)) from None
+    return models
+
+
+@MODEL_SOURCES.register("torchvision")
+def load_torchvision(cfg: Any):
+    models = import_torchvision()
+    arch = str(cfg.arch)
+    available = models.list_models(module=models)
+    if arch not in available:
+        raise PruneError(f"unknown torchvision classification arch {arch!r} (e.g. {', '.join(a for a in ('mobilenet_v2', 'resnet18', 'vgg11') if a in available)})")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        model = models.get_model(arch, weights=None, num_classes=int(cfg.num_classes))
+    if cfg.get("checkpoint"):
+        load_state_resized(model, read_checkpoint(cfg.checkpoint))
+    else:
+        log.warning("model=torchvision arch=%s: no model.checkpoint, random init", arch)
+    return model, None, TASK
