@@ -27,7 +27,7 @@ from prunecli.errors import PruneError
 from prunecli.evaluate import EVALUATORS
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS
-from prunecli.methods.masks import parse_pattern
+from prunecli.methods.masks import check_nm_fits, parse_pattern
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models import LoadedModel, load_model
 from prunecli.sparsity import sparsity_summary
@@ -107,7 +107,8 @@ def prepare(cfg: DictConfig) -> Prepared:
         raise PruneError(f"data.seqlen={cfg.data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore)
     if nm is not None:
-        check_nm_divides(layers, nm)
+        for name, module in layers.items():
+            check_nm_fits(weight_matrix(module).shape[1], nm, name)
     with stage(timings, "data"):
         evaluate = EVALUATORS.get(cfg.eval.name)(loaded, cfg)
     windows = None
@@ -133,13 +134,6 @@ def needs_calibration(cfg: DictConfig) -> bool:
     decide = getattr(METHODS.get(cfg.method.name), "needs_calibration", None)
     method_needs = decide(cfg.method) if decide else bool(cfg.method.get("calibration", False))
     return method_needs or (cfg.method.get("prunes", True) and cfg.allocation == "owl")
-
-
-def check_nm_divides(layers: dict, nm: tuple[int, int]) -> None:
-    for name, module in layers.items():
-        columns = weight_matrix(module).shape[1]
-        if columns % nm[1]:
-            raise PruneError(f"pattern {nm[0]}:{nm[1]}: M={nm[1]} does not divide the input dimension {columns} of layer {name}")
 
 
 def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict]]:

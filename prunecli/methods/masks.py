@@ -66,11 +66,16 @@ def global_masks(scores: Sequence[torch.Tensor], sparsity: float) -> list[torch.
 def nm_mask(scores: torch.Tensor, n: int, m: int, layer: str = "") -> torch.Tensor:
     """N:M mask: keep the ``n`` highest of every ``m`` consecutive inputs of each row."""
     rows, cols = scores.shape
-    if cols % m:
-        raise PruneError(f"pattern {n}:{m}: M={m} does not divide the input dimension {cols} of layer {layer or '?'}")
+    check_nm_fits(cols, (n, m), layer)
     groups = scores.reshape(rows, cols // m, m)
     order = torch.sort(groups, dim=2, stable=True).indices[:, :, : m - n]
     return torch.zeros_like(groups, dtype=torch.bool).scatter_(2, order, True).view(rows, cols)
+
+
+def check_nm_fits(columns: int, nm: tuple[int, int], layer: str = "") -> None:
+    """N:M groups must tile a row: M has to divide the layer's input dimension."""
+    if columns % nm[1]:
+        raise PruneError(f"pattern {nm[0]}:{nm[1]}: M={nm[1]} does not divide the input dimension {columns} of layer {layer or '?'}")
 
 
 def parse_pattern(pattern: str | None, sparsity: float) -> tuple[int, int] | None:

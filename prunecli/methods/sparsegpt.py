@@ -22,7 +22,7 @@ import torch
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.layerwise import prune_layerwise
-from prunecli.methods.masks import layerwise_mask, nm_mask
+from prunecli.methods.masks import check_nm_fits, layerwise_mask, nm_mask
 from prunecli.methods.statistics import Hessian
 from prunecli.methods.targets import weight_matrix
 
@@ -76,8 +76,7 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     W[:, dead] = 0
     U = inverse_hessian_factor(H, percdamp, layer, warnings if warnings is not None else [])
     if nm is not None:
-        if W.shape[1] % nm[1]:
-            nm_mask(W[:1], *nm, layer=layer)  # raises the indivisible-dimension error
+        check_nm_fits(W.shape[1], nm, layer)
         blocksize = max(nm[1], blocksize // nm[1] * nm[1])  # N:M groups never straddle blocks
     with one_cpu_thread(W.device):
         obs_prune_(W, U, sparsity, nm, blocksize, layer)
