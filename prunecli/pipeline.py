@@ -7,6 +7,7 @@ the timed stages and returns the metrics that :mod:`prunecli.outputs` writes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -20,7 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from prunecli import console, finetune, schedules
-from prunecli.benchmark import BENCHMARKS
+from prunecli import benchmark
+from prunecli.benchmark import BENCHMARKS, BenchmarkContext
 from prunecli.data import calibration_windows, load_documents
 from prunecli.environment import environment, peak_memory_mb
 from prunecli.errors import PruneError
@@ -62,7 +64,7 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
         check_method(cfg.method, float(sparsity))
     ALLOCATIONS.get(cfg.allocation)
     EVALUATORS.get(cfg.eval.name)
-    BENCHMARKS.get(cfg.benchmark.name)
+    benchmark.check_settings(cfg.benchmark)
     check_tracker(cfg.logger.name)
     nm = parse_pattern(cfg.get("pattern"), float(sparsity))
     if nm is not None and cfg.allocation != "uniform":
@@ -105,6 +107,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         loaded = load_model(cfg)
     if loaded.tokenizer is not None and cfg.data.seqlen > loaded.max_length:  # text models only
         raise PruneError(f"data.seqlen={cfg.data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
+    benchmark.check_fits(loaded, cfg.benchmark)
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore)
     if nm is not None:
         for name, module in layers.items():
@@ -152,6 +155,8 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
         loaded=loaded, evaluate=prepared.evaluate, run_dir=run_dir,
     )
     params_before = sum(p.numel() for p in loaded.model.parameters())
+    # the model before pruning, benchmarked beside the pruned one (speedups as ratios within this run)
+    unpruned = copy.deepcopy(loaded.model) if benchmark.keeps_unpruned_copy(cfg.benchmark) and cfg.method.get("prunes", True) else None
     with stage(timings, "prune"):
         if cfg.method.get("prunes", True):
             ctx.layer_sparsity = ALLOCATIONS.get(cfg.allocation)(ctx, cfg)
@@ -169,7 +174,8 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     with stage(timings, "eval"):
         metrics.update(prepared.evaluate(loaded.model))
     with stage(timings, "benchmark"):
-        metrics.update(BENCHMARKS.get(cfg.benchmark.name)(loaded, cfg.benchmark))
+        metrics.update(BENCHMARKS.get(cfg.benchmark.name)(BenchmarkContext(loaded, cfg.benchmark, run_dir, layers, unpruned)))
+    del unpruned
     if cfg.save_model:
         with stage(timings, "save"):
             save_model(loaded, run_dir / "model")
@@ -243,5 +249,5 @@ def result_table_rows(metrics: dict) -> list[tuple[str, str]]:
     """The key figures for the console summary."""
     keys = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "sparsity_all_params",
             "params_total", "params_nonzero", "params_removed", "params_removed_frac", "ppl_dense", "ppl_before_finetune", "ppl",
-            "accuracy_dense", "accuracy_before_finetune", "accuracy", "f1", "finetune_s", "prefill_ms", "prune_s", "eval_s", "peak_memory_mb"]
+            "accuracy_dense", "accuracy_before_finetune", "accuracy", "f1", "finetune_s", "prefill_ms", "prefill_speedup", "decode_ms", "decode_speedup", "flops_ratio", "prune_s", "eval_s", "peak_memory_mb"]
     return [(key, console.format_value(metrics[key])) for key in keys if metrics.get(key) is not None]

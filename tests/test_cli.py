@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import run_prune
+from tests.conftest import REPO, run_prune
 
 TINY = ["model=tiny_llama", "benchmark.repeats=2", "benchmark.warmup=1", "benchmark.seqlen=16", "data.seqlen=32", "data.max_eval_tokens=256"]
 
@@ -43,7 +43,9 @@ def assert_clean_failure(result, cwd: Path, message: str):
         (["data.max_eval_tokens=16", "data.seqlen=32"], "shorter than one window"),
         (["method=wanda", "data.nsamples=0"], "data.nsamples must be a positive integer"),
         (["method=wanda", "pattern=5:10", "sparsity=0.5"], "M=10 does not divide the input dimension 64 of layer model.layers.0.self_attn.q_proj"),
-        (["+experiment=nope"], "unknown experiment 'nope' (choose from: layer_scope, method_comparison, oneshot_llm"),
+        (["+experiment=nope"], "unknown experiment 'nope' (choose from: "),
+        (["+experiment/sparsity_paradox=nope"], "unknown experiment/sparsity_paradox 'nope' (choose from: dense, filters, nm24, structured, unstructured)"),
+        (["benchmark=backends", "benchmark.backends=[dense,fpga]"], "unknown benchmark backend 'fpga'"),
         (["logger=wandb"], "unknown logger 'wandb'"),
         (["allocation=owl", "pattern=2:4"], "N:M"),
         (["allocation=fancy"], "unknown allocation 'fancy'"),
@@ -155,3 +157,9 @@ def test_sweep_with_an_invalid_value_runs_the_others_and_exits_nonzero(tmp_path,
     assert "sparsity must be a number in [0, 1)" in failed["error"]
     report = run_prune("report", "outputs", cwd=tmp_path)
     assert report.returncode == 0 and "1 failed run" in report.stdout
+
+
+def test_unknown_experiment_lists_every_preset(tmp_path, corpus):
+    presets = sorted(path.stem for path in (REPO / "experiments").glob("*.yaml"))
+    result = run_prune("run", *tiny_args(corpus), "+experiment=nope", cwd=tmp_path)
+    assert_clean_failure(result, tmp_path, f"unknown experiment 'nope' (choose from: {', '.join(presets)})")

@@ -380,14 +380,6 @@ def test_missing_dataset_names_the_apt_package(tmp_path):
     assert torch.equal(x, again)  # a fixed subset
 
 
-def test_quick_benchmark_feeds_images_to_an_image_model():
-    from prunecli.benchmark import BENCHMARKS
-
-    loaded = LoadedModel(SmallCNN().eval(), None, "small_cnn", "image_classifier", CPU, torch.float32, (1, 28, 28))
-    metrics = BENCHMARKS.get("quick")(loaded, OmegaConf.create({"batch_size": 2, "seqlen": 8, "warmup": 1, "repeats": 2}))
-    assert metrics["prefill_ms"] > 0 and metrics["prefill_repeats"] == 2
-
-
 def sensitivity_context(model, analysis, evaluate, run_dir, shape=None):
     options = OmegaConf.create({"name": "sensitivity", "prunes": False, "analysis": analysis})
     loaded = LoadedModel(model, None, "m", "image_classifier", CPU, torch.float32, shape) if shape else None

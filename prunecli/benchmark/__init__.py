@@ -1,71 +1,112 @@
-"""Benchmarks (``benchmark=``): latency of the pruned model, measured honestly.
+"""Benchmarks (``benchmark=``): what pruning buys in latency, memory, disk and FLOPs, measured honestly.
 
-Warm-up runs first, the device is synchronised around every timed call, and the report is
-the median and spread of many repeats.
+* ``none``: nothing;
+* ``quick``: prefill latency of the pruned model on dense kernels (a smoke figure for sweeps);
+* ``backends``: the pruned model on every execution backend (:mod:`backends`), interleaved with
+  the unpruned model, prefill and decode, memory, disk, FLOPs (:mod:`model_bench`);
+* ``layers``: a micro-benchmark of each Linear shape dense vs sparse over a sparsity sweep, with
+  the CSR break-even sparsity (:mod:`layers`).
+
+A benchmark takes a :class:`BenchmarkContext` and returns flat metrics for ``metrics.json``; its
+tables (``latency.csv``, ``layers_bench.csv``) go into the run directory.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
+from prunecli.errors import PruneError
 from prunecli.registry import Registry
 
-# A benchmark takes (LoadedModel, benchmark config) and returns flat metrics.
-BENCHMARKS: Registry[Callable[[Any, Any], dict]] = Registry("benchmark")
+PHASES = ("prefill", "decode")
+# torch warns on every CSR / BSR conversion that sparse support is "in beta state": said once in the docs instead.
+warnings.filterwarnings("ignore", message=r"Sparse (CSR|BSR) tensor support is in beta state")
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class BenchmarkContext:
+    loaded: Any  # LoadedModel (pruned)
+    settings: Any  # the ``benchmark`` config node
+    run_dir: Path
+    layers: dict[str, nn.Module]  # the run's pruned layers (after a structured method: the new ones)
+    unpruned: nn.Module | None = None  # a copy taken before pruning (``benchmark.unpruned: true``)
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def summarize(times: list[float], prefix: str, tokens: int) -> dict:
-    """Median, p90, min, std of ``times`` (seconds -> ms) and tokens/s at the median."""
-    ordered = sorted(times)
-    median = statistics.median(ordered)
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return {
-        f"{prefix}_ms": median * 1e3,
-        f"{prefix}_p90_ms": p90 * 1e3,
-        f"{prefix}_min_ms": ordered[0] * 1e3,
-        f"{prefix}_std_ms": (statistics.stdev(ordered) if len(ordered) > 1 else 0.0) * 1e3,
-        f"{prefix}_tokens_per_s": tokens / median,
-        f"{prefix}_repeats": len(ordered),
-    }
+BENCHMARKS: Registry[Callable[[BenchmarkContext], dict]] = Registry("benchmark")
 
 
 @BENCHMARKS.register("none")
-def no_benchmark(loaded: Any, cfg: Any) -> dict:
+def no_benchmark(ctx: BenchmarkContext) -> dict:
     return {}
 
 
-@BENCHMARKS.register("quick")
-@torch.no_grad()
-def quick(loaded: Any, cfg: Any) -> dict:
-    """Prefill latency: one forward pass over ``batch_size x seqlen`` random tokens.
+def keeps_unpruned_copy(settings: Any) -> bool:
+    """Whether the pipeline must copy the model before pruning (for speedups against it)."""
+    return bool(settings.get("unpruned", False))
 
-    An image model (``loaded.input_shape``) gets ``batch_size`` random images instead; its
-    ``prefill_tokens_per_s`` counts images per second.
-    """
-    args, kwargs = loaded.example_input(cfg.batch_size, cfg.seqlen)
-    count = args[0].shape[0] if args else kwargs["input_ids"].numel()
-    times = time_call(lambda: loaded.model(*args, **kwargs), loaded.device, cfg.warmup, cfg.repeats)
-    return summarize(times, "prefill", count)
+
+def check_settings(settings: Any) -> None:
+    """Refuse unknown names and impossible counts in the ``benchmark`` config (before loading)."""
+    from prunecli.benchmark.backends import BACKENDS
+    from prunecli.benchmark.layers import LAYOUTS
+    from prunecli.benchmark.sizes import ENCODERS
+
+    BENCHMARKS.get(settings.name)
+    for name in settings.get("backends") or []:
+        BACKENDS.get(name)
+    for phase in settings.get("phases") or []:
+        if phase not in PHASES:
+            raise PruneError(f"unknown benchmark phase {phase!r} (choose from: {', '.join(PHASES)})")
+    for kernel in settings.get("kernels") or []:
+        if kernel not in LAYOUTS:
+            raise PruneError(f"unknown benchmark kernel {kernel!r} (choose from: {', '.join(LAYOUTS)})")
+    for fmt in settings.get("disk_formats") or []:
+        if fmt != "dense":
+            ENCODERS.get(fmt)
+    minimum = {"batch_size": 1, "seqlen": 1, "repeats": 1, "warmup": 0, "decode_prompt": 1, "decode_tokens": 1}
+    for key, least in minimum.items():
+        value = settings.get(key)
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise PruneError(f"benchmark.{key} must be an integer >= {least} (got {value!r})")
+    for sparsity in settings.get("sparsities") or []:
+        if not 0 <= sparsity < 1:
+            raise PruneError(f"benchmark.sparsities must lie in [0, 1) (got {sparsity!r})")
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(loaded: Any, settings: Any) -> None:
+    """Refuse benchmark shapes the model cannot take or the machine cannot hold, naming the setting."""
+    if settings.name == "none" or loaded.tokenizer is None:
+        return
+    lengths = {"seqlen": settings.get("seqlen", 0), "decode_prompt + decode_tokens": settings.get("decode_prompt", 0) + settings.get("decode_tokens", 0)}
+    for key, length in lengths.items():
+        if length > loaded.max_length:
+            raise PruneError(f"benchmark.{key} = {length} is longer than the context of {loaded.name} ({loaded.max_length} tokens): lower it")
+    if loaded.device.type != "cpu":
+        return  # CUDA: an out-of-memory error is turned into a message naming the settings
+    vocab = loaded.model.get_input_embeddings().num_embeddings
+    logits = settings.batch_size * settings.get("seqlen", 1) * vocab * torch.finfo(loaded.dtype).bits // 8
+    available = available_memory_bytes()
+    if available is not None and 3 * logits > available:  # logits, their float copy and the comparison's
+        raise PruneError(f"benchmark.batch_size x benchmark.seqlen = {settings.batch_size} x {settings.seqlen} needs ~{3 * logits / 2**30:.1f} GiB "
+                         f"for logits alone, {available / 2**30:.1f} GiB is available: lower benchmark.batch_size or benchmark.seqlen")
+
+
+from prunecli.benchmark import layers, model_bench  # noqa: E402,F401  (register the benchmarks)

@@ -128,7 +128,35 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-ARCHITECTURES = {"small_cnn": (SmallCNN, [16, 32, 40]), "resnet_tiny": (TinyResNet, [16, 32])}
+class VGG(nn.Module):
+    """VGG-11 with BatchNorm (Simonyan & Zisserman 2015, config "A"): 1, 1, 2, 2, 2 conv3x3+BN+ReLU per stage,
+    2x2 max-pool after each, 7x7 adaptive pool, classifier ``512*49 -> 4096 -> 4096 -> classes`` (dropout 0.5).
+    Built here so that no torchvision is needed; with ``widths=[64, 128, 256, 512, 512]`` and 224x224 RGB
+    input it has torchvision ``vgg11_bn``'s shapes (132.9M parameters, 7.6 GMAC)."""
+
+    STAGE_CONVS = (1, 1, 2, 2, 2)
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, widths: tuple[int, ...] = (64, 128, 256, 512, 512), hidden: int = 4096):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for width, convs in zip(widths, self.STAGE_CONVS, strict=True):
+            for _ in range(convs):
+                layers += [nn.Conv2d(cin, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                cin = width
+            layers.append(nn.MaxPool2d(2, 2))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(7)
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * 49, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+ARCHITECTURES = {"small_cnn": (SmallCNN, [16, 32, 40]), "resnet_tiny": (TinyResNet, [16, 32]), "vgg11": (VGG, [64, 128, 256, 512, 512])}
 
 
 def _settings(cfg: Any) -> dict:
