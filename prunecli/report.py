@@ -271,24 +271,33 @@ def plot_ppl(frame: pd.DataFrame, folder: Path) -> list[Path]:
     return [folder / "ppl_vs_sparsity.png", folder / "ppl_vs_sparsity.csv"]
 
 
+BACKEND_ORDER = ["unpruned", "dense", "csr", "bsr", "semi_structured", "structured"]
+
+
 def plot_latency(latency: pd.DataFrame, folder: Path) -> list[Path]:
-    """``latency_by_backend.png`` and its data: median latency per backend and phase, one bar per run."""
+    """``latency_by_backend.png`` and its data: median latency per backend, one panel per phase,
+    one bar per run; backends skipped or failed in a run (no latency) are left out."""
     missing = [column for column in LATENCY_BARS if column not in latency]
-    if missing or latency.empty:
+    measured = latency.dropna(subset=["median_ms"]) if not missing else latency
+    if missing or measured.empty:
         console.console.print(f"no latency rows with {', '.join(LATENCY_BARS)}: latency_by_backend.png not drawn")
         return []
-    runs = latency[line_keys(latency) + ["sparsity_target"]].astype(str).agg(" ".join, axis=1)
-    data = latency.assign(run=runs).groupby(["backend", "phase", "run"], as_index=False)["median_ms"].mean()
+    runs = measured[line_keys(measured) + ["sparsity_target"]].astype(str).agg(" ".join, axis=1)
+    data = measured.assign(run=runs).groupby(["phase", "backend", "run"], as_index=False)["median_ms"].mean()
     write_atomic(folder / "latency_by_backend.csv", data.to_csv(index=False))
-    bars = data.pivot(index=["backend", "phase"], columns="run", values="median_ms")
-    width = 0.8 / len(bars.columns)
+    phases = list(dict.fromkeys(data["phase"]))
     figure = new_figure()
-    axes = figure.subplots()
-    for number, run in enumerate(bars.columns):
-        axes.bar([x + number * width for x in range(len(bars))], bars[run], width, label=run)
-    axes.set_xticks([x + 0.4 - width / 2 for x in range(len(bars))], [f"{backend}\n{phase}" for backend, phase in bars.index])
-    axes.set(ylabel="median latency (ms)", title="Latency by backend and phase")
-    axes.legend(fontsize="small")
+    figure.set_size_inches(7 * len(phases), 4.5)
+    for axes, phase in zip(figure.subplots(1, len(phases), squeeze=False)[0], phases):
+        bars = data[data["phase"] == phase].pivot(index="backend", columns="run", values="median_ms")
+        bars = bars.reindex(sorted(bars.index, key=lambda b: (BACKEND_ORDER + [b]).index(b)))
+        width = 0.8 / len(bars.columns)
+        for number, run in enumerate(bars.columns):
+            axes.bar([x + number * width for x in range(len(bars))], bars[run], width, label=run)
+        axes.set_xticks([x + 0.4 - width / 2 for x in range(len(bars))], list(bars.index))
+        axes.set(ylabel="median latency (ms)", title=f"{phase}: latency by backend (lower is faster)")
+    handles = {label: handle for axes in figure.axes for handle, label in zip(*axes.get_legend_handles_labels())}
+    figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=2, fontsize="small")
     figure.savefig(folder / "latency_by_backend.png", dpi=150)
     return [folder / "latency_by_backend.png", folder / "latency_by_backend.csv"]
 

@@ -234,7 +234,7 @@ def test_plot_writes_figures_and_their_data(tmp_path):
     assert len(ppl) == 7 and 0.9 not in set(ppl["sparsity_target"])  # completed runs only
     assert ppl.set_index(["method", "sparsity_target"]).loc[("sparsegpt", 0.7), "ppl"] == pytest.approx(90.0)
     latency = pd.read_csv(plots / "latency_by_backend.csv")
-    assert list(latency.columns) == ["backend", "phase", "run", "median_ms"] and len(latency) == 4
+    assert list(latency.columns) == ["phase", "backend", "run", "median_ms"] and len(latency) == 4
     assert latency.set_index(["phase", "run"]).loc[("decode", "wanda unstructured 0.5"), "median_ms"] == pytest.approx(0.8)
 
 

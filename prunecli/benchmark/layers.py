@@ -4,7 +4,8 @@ For each distinct weight shape among the run's pruned Linear layers, and for a d
 (1 token) and a prefill shape (``batch_size x seqlen`` tokens), a random weight is magnitude-
 pruned to each sparsity of ``benchmark.sparsities`` (plus the model's own sparsity of that
 shape), and ``F.linear`` on the dense weight is timed against the same weight in each sparse
-layout of ``benchmark.kernels`` (interleaved, median of ``repeats``). ``layers_bench.csv`` has
+layout of ``benchmark.kernels`` multiplied as the ``csr`` / ``bsr`` backends do
+(:func:`~prunecli.benchmark.backends.sparse_linear`; interleaved, median of ``repeats``). ``layers_bench.csv`` has
 one row per shape x phase x sparsity; the *break-even sparsity* of a kernel is where its speedup
 crosses 1, interpolated linearly in ``log(speedup)`` between the two sparsities around the
 crossing (``layers_break_even.csv``; empty when the kernel never wins in the sweep).
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext
+from prunecli.benchmark.backends import sparse_linear
 from prunecli.benchmark.timing import interleaved, paired_speedup, summarize, timed
 from prunecli.methods.masks import layerwise_mask
 from prunecli.outputs import write_csv
@@ -83,7 +85,8 @@ def benchmark_layers(ctx: BenchmarkContext) -> dict:
             for sparsity in grid:
                 weight = pruned_weight((out_features, in_features), sparsity, generator).to(device)
                 formats = {"dense": weight, **{k: LAYOUTS[k](weight, block) for k in usable}}
-                calls = {name: (lambda w=w: timed(lambda: F.linear(x, w), device)) for name, w in formats.items()}
+                calls = {name: (lambda w=w, fn=(F.linear if name == "dense" else sparse_linear): timed(lambda: fn(x, w), device))
+                         for name, w in formats.items()}
                 times = interleaved(calls, options.warmup, options.repeats)
                 row = {"shape": f"{out_features}x{in_features}", "layers": info["layers"], "phase": phase, "tokens": tokens,
                        "sparsity": sparsity, "model_sparsity": sparsity == round(info["sparsity"], 4),

@@ -1,6 +1,6 @@
 """Bytes: a model in memory, and its weights on disk dense vs sparse-compressed (safetensors).
 
-Formats for :func:`save_compressed` (every tensor of a state dict that has zeros is encoded,
+Formats for :func:`save_compressed` (a float matrix is encoded where that makes it smaller,
 the others are stored as they are; :func:`load_compressed` restores the dense state dict exactly):
 
 * ``dense``: plain safetensors;
@@ -47,8 +47,18 @@ def model_bytes(model: nn.Module) -> int:
     return total
 
 
-def worth_encoding(tensor: torch.Tensor) -> bool:
-    return tensor.is_floating_point() and tensor.dim() >= 2 and bool((tensor == 0).any())
+def encoded_bytes(tensor: torch.Tensor, fmt: str) -> int:
+    """Bytes ``fmt`` would store for ``tensor`` (int32 indices, packed bits)."""
+    nonzeros = int(torch.count_nonzero(tensor))
+    values = nonzeros * tensor.element_size()
+    if fmt == "csr":
+        return values + 4 * nonzeros + 4 * (tensor.shape[0] + 1)
+    return values + (tensor.numel() + 7) // 8
+
+
+def worth_encoding(tensor: torch.Tensor, fmt: str) -> bool:
+    """Encode a float matrix only where it gets smaller (CSR from ~50% zeros in fp32, a bitmask from ~3%)."""
+    return tensor.is_floating_point() and tensor.dim() >= 2 and encoded_bytes(tensor, fmt) < tensor.numel() * tensor.element_size()
 
 
 # An encoder maps (name, tensor) to the tensors stored for it; its decoder maps the parts back.
@@ -100,7 +110,7 @@ def save_compressed(state: dict[str, torch.Tensor], path: Path, fmt: str) -> int
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         tensor = tensor.detach().cpu().contiguous()
-        tensors.update(encode(name, tensor) if encode and worth_encoding(tensor) else {name: tensor})
+        tensors.update(encode(name, tensor) if encode and worth_encoding(tensor, fmt) else {name: tensor})
     save_file({name: t.contiguous() for name, t in tensors.items()}, str(path), metadata={"prunecli_format": fmt})
     return path.stat().st_size
 

@@ -8,6 +8,8 @@ and a synchronisation; on CPU with ``time.perf_counter``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import statistics
 import threading
@@ -77,10 +79,21 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def release_free_memory() -> None:
+    """Hand memory that the C allocator keeps after ``free`` back to the OS (glibc ``malloc_trim``),
+    so that RSS growth measures what the next block allocates rather than what was cached."""
+    name = ctypes.util.find_library("c")
+    if name:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+
+
 @contextmanager
 def peak_memory(device: torch.device, interval_s: float = 0.001):
     """Yield a dict that gets ``peak_bytes`` when the block ends: the most memory the block used on
-    top of what was in use before it (CUDA: ``max_memory_allocated``; CPU: sampled RSS).
+    top of what was in use before it (CUDA: ``max_memory_allocated``; CPU: RSS sampled every
+    ``interval_s`` after :func:`release_free_memory`).
 
     Sampling runs a thread, so never wrap a timed call with it."""
     result: dict[str, int] = {}
@@ -92,6 +105,7 @@ def peak_memory(device: torch.device, interval_s: float = 0.001):
         synchronize(device)
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - before
         return
+    release_free_memory()
     before = rss_bytes()
     peak = [before]
     done = threading.Event()
