@@ -5,6 +5,7 @@ columns / heads zeroed, or the blocks skipped): the shrunk model must give the s
 """
 
 import copy
+import csv
 import json
 
 import pytest
@@ -82,6 +83,8 @@ CASES = [
     ("opt", "ffn", dict(criterion="l2", allocation="global", bias_compensation=True)),
     ("bert", "ffn", dict(criterion="l1")),
     ("bert", "ffn", dict(criterion="activation", bias_compensation=True)),
+    ("llama", "ffn", dict(criterion="fluctuation", bias_compensation=True)),
+    ("gpt2", "heads", dict(criterion="fluctuation")),
 ]
 
 
@@ -121,6 +124,60 @@ def test_bias_compensation_moves_the_mean_of_removed_inputs_into_the_bias():
     columns = chosen.removed[0]
     mean = evidence.out_moments[(0, "mlp.down_proj")].mean()
     torch.testing.assert_close(chosen.bias[(0, "mlp.down_proj")], (down.weight[:, columns].double() @ mean[columns]).float())
+
+
+def down_proj_inputs(model):
+    """The inputs of every block's down_proj on WINDOWS, unpruned model: {block: (tokens, neurons)}."""
+    inputs = {}
+    hooks = [b.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0].reshape(-1, a[0].shape[-1])))
+             for i, b in enumerate(blocks_of(model)[1])]
+    logits(model)
+    for hook in hooks:
+        hook.remove()
+    return inputs
+
+
+def lowest(score, sparsity):
+    return score.argsort(stable=True)[: int(sparsity * len(score))].sort().values
+
+
+def test_activation_removes_the_neurons_of_least_input_norm_times_column_norm():
+    """Wanda-style: ||X_j||_2 * ||W_down[:, j]||_2 over all calibration tokens."""
+    model = tiny_model("llama")
+    inputs = down_proj_inputs(model)
+    chosen, _ = plan(context(model, 0.25, criterion="activation"), "ffn")
+    for i, (block, removed) in enumerate(zip(blocks_of(model)[1], chosen.removed)):
+        score = inputs[i].double().norm(dim=0) * block.mlp.down_proj.weight.double().norm(dim=0)
+        assert torch.equal(removed, lowest(score, 0.25))
+
+
+def test_fluctuation_removes_the_neurons_of_least_input_variance_times_squared_column_norm():
+    """FLAP's WIFV: Var_t(x_j) * ||W_down[:, j]||^2, x the down_proj inputs of the unpruned model."""
+    model = tiny_model("llama")
+    inputs = down_proj_inputs(model)
+    chosen, _ = plan(context(model, 0.25, criterion="fluctuation"), "ffn")
+    for i, (block, removed) in enumerate(zip(blocks_of(model)[1], chosen.removed)):
+        score = inputs[i].double().var(0, unbiased=False) * block.mlp.down_proj.weight.double().pow(2).sum(0)
+        assert torch.equal(removed, lowest(score, 0.25))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_taylor_removes_the_neurons_of_least_summed_first_order_term(arch):
+    """LLM-Pruner, element-wise first order: sum over a neuron's weights of |dL/dw * w|, L the mean LM loss."""
+    model = tiny_model(arch)
+    reference = copy.deepcopy(model)
+    reference.zero_grad()
+    reference(input_ids=WINDOWS, labels=WINDOWS).loss.backward()
+    chosen, _ = plan(context(model, 0.25, criterion="taylor"), "ffn")
+    for ref, removed in zip(blocks_of(reference)[1], chosen.removed):
+        if arch == "llama":  # gate/up rows, down column
+            term = lambda layer: (layer.weight.grad * layer.weight).abs().detach().double()  # noqa: E731
+            score = term(ref.mlp.gate_proj).sum(1) + term(ref.mlp.up_proj).sum(1) + term(ref.mlp.down_proj).sum(0)
+        else:  # Conv1D stores (in, out): c_fc column i, c_proj row i
+            term = lambda layer: (layer.weight.grad * layer.weight).abs().detach().double()  # noqa: E731
+            score = term(ref.mlp.c_fc).sum(0) + term(ref.mlp.c_proj).sum(1)
+        assert torch.equal(removed, lowest(score, 0.25))
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # the pruned model is left as it was
 
 
 def skip_blocks(model, indices):
@@ -339,6 +396,8 @@ def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_pat
     assert metrics["params_removed"] == 2 * 64 * 3 * 64  # 64 neurons x (gate row + up row + down column) x 2 blocks
     assert metrics["params_removed_frac"] == pytest.approx(metrics["params_removed"] / (metrics["params_total"] + metrics["params_removed"]))
     assert "model.layers.0.mlp.down_proj,64x64," in (run_dir / "layers.csv").read_text()
+    row = next(csv.DictReader((run_dir / "results.csv").open()))  # criterion columns for prune report
+    assert (row["criterion"], row["gqa"], row["bias_compensation"]) == ("l2", "", "False")
     again = run_prune("run", *args, "model=hf", f"model.name_or_path={run_dir / 'model'}", "method=dense", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     reloaded = json.loads(sorted((tmp_path / "outputs").glob("*/*/metrics.json"))[-1].read_text())

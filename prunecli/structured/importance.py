@@ -8,6 +8,9 @@ For unit ``u`` owning weight slices ``S_u`` (all its coupled rows/columns, :mod:
 * ``activation`` (Wanda-style): ``sum_{j in C_u} ||X_j||_2 * ||W_o[:, j]||_2`` over the unit's
   input columns ``C_u`` of the output projection (down_proj / o_proj), ``||X_j||`` the norm of
   that input feature over all calibration tokens;
+* ``fluctuation`` (FLAP's WIFV, An et al. 2024): ``sum_{j in C_u} Var_t(x_tj) * ||W_o[:, j]||_2^2``:
+  an input that barely varies around its mean can go, and ``bias_compensation`` puts that mean
+  back into the bias (the two together are FLAP's per-layer form);
 * ``confidence`` (Voita et al. 2019): mean over tokens of the head's largest attention
   probability; ``entropy``: minus the mean entropy ``-sum_k p_k log p_k`` of its attention
   rows (diffuse heads go first). Heads only; a KV group sums its query heads.
@@ -56,6 +59,11 @@ class InputMoments:
 
     def norms(self) -> torch.Tensor:
         return self.sum_squares.sqrt()
+
+    def variance(self) -> torch.Tensor:
+        """Population variance over the tokens, ``E[x^2] - E[x]^2`` (fp64, clamped at 0)."""
+        n = max(self.tokens, 1)
+        return (self.sum_squares / n - (self.sum / n).pow(2)).clamp_min(0)
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -207,13 +215,21 @@ def _taylor(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.
     return total
 
 
-def _activation(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
-    total = torch.zeros(groups.units, dtype=torch.float64)
-    for c in (c for c in groups.couplings if c.role == "out"):
-        weight = weight_matrix(block.get_submodule(c.path)).double()
-        per_column = evidence.out_moments[(groups.block, c.path)].norms().to(weight.device) * weight.norm(dim=0)
-        total += per_column[c.index].sum(1).cpu()
-    return total
+def _output_columns(per_column: Callable[[InputMoments, torch.Tensor], torch.Tensor]):
+    """A score summed over each unit's input columns of the output projection: ``per_column(moments, W_o)``."""
+    def score(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
+        total = torch.zeros(groups.units, dtype=torch.float64)
+        for c in (c for c in groups.couplings if c.role == "out"):
+            weight = weight_matrix(block.get_submodule(c.path)).double()
+            columns = per_column(evidence.out_moments[(groups.block, c.path)], weight)
+            total += columns.to(weight.device)[c.index].sum(1).cpu()
+        return total
+
+    return score
+
+
+_activation = _output_columns(lambda moments, weight: moments.norms().to(weight.device) * weight.norm(dim=0))
+_fluctuation = _output_columns(lambda moments, weight: moments.variance().to(weight.device) * weight.pow(2).sum(0))
 
 
 def _attention_score(key: str, sign: float):
@@ -228,6 +244,7 @@ CRITERIA.register("l1")(Criterion(lambda g, b, e: _weight_sums(g, b, torch.abs),
 CRITERIA.register("l2")(Criterion(lambda g, b, e: _weight_sums(g, b, torch.square).sqrt(), needs_data=False))
 CRITERIA.register("taylor")(Criterion(_taylor, needs_data=True))
 CRITERIA.register("activation")(Criterion(_activation, needs_data=True))
+CRITERIA.register("fluctuation")(Criterion(_fluctuation, needs_data=True))
 CRITERIA.register("entropy")(Criterion(_attention_score("entropy", -1.0), needs_data=True, kinds=("heads",)))
 CRITERIA.register("confidence")(Criterion(_attention_score("confidence", 1.0), needs_data=True, kinds=("heads",)))
 

@@ -9,7 +9,7 @@ explicit ``layers_to_remove``.
 Options (``configs/method/{heads,ffn,layers,head_mask}.yaml``): ``criterion``,
 ``allocation: per_layer | global``, ``gqa: kv_groups | query_heads``, ``min_heads_per_layer``,
 ``bias_compensation``, ``allow_empty_layers``. Calibration windows are built when the criterion
-(``taylor``, ``activation``, ``entropy``, ``confidence``), FLAP or Block Influence needs them
+(``taylor``, ``activation``, ``fluctuation``, ``entropy``, ``confidence``), FLAP or Block Influence needs them
 (:func:`needs_calibration`).
 """
 
@@ -119,6 +119,9 @@ def apply(model: torch.nn.Module, plan: Plan, physically: bool) -> None:
 
 
 def record(ctx: PruneContext, plan: Plan) -> None:
+    # flat keys: results.csv columns, so that `prune report --columns/--where` can tell criteria apart
+    ctx.stats.update(criterion=ctx.options.get("criterion", "l2"), bias_compensation=bool(ctx.options.get("bias_compensation", False)),
+                     gqa=ctx.options.get("gqa", "kv_groups") if plan.kind == "heads" else None)
     ctx.stats["structured"] = {
         "kind": plan.kind, "criterion": ctx.options.get("criterion"), "allocation": ctx.options.get("allocation", "per_layer"),
         "units_per_layer": [g.units for g in plan.groups], "removed_per_layer": [len(r) for r in plan.removed],
@@ -177,6 +180,7 @@ def layers(ctx: PruneContext) -> None:
     doomed, influence = blocks_to_remove(ctx)
     if doomed:
         remove_blocks(ctx.model, doomed)
+    ctx.stats.update(criterion="explicit" if influence is None else ctx.options.get("criterion", "block_influence"))
     ctx.stats["structured"] = {"kind": "layers", "removed_blocks": doomed, "block_influence": influence}
     log.info("layers: removed blocks %s", doomed)
 
