@@ -16,7 +16,6 @@ says how memory-bound the shape is.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
