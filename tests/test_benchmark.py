@@ -12,7 +12,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from omegaconf import OmegaConf
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from prunecli import benchmark
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext, backends, flops, layers, sizes, timing
@@ -53,11 +55,11 @@ def bench_config(name: str = "backends", **overrides):
 # -- timing ---------------------------------------------------------------------------------
 
 
-def test_interleaved_runs_every_call_once_per_round_after_warmup():
+def test_interleaved_runs_every_call_once_per_round_after_warmup_alternating_the_order():
     order = []
     calls = {name: (lambda name=name: order.append(name) or 0.1) for name in ("a", "b", "c")}
     times = timing.interleaved(calls, warmup=2, repeats=3)
-    assert order == ["a", "b", "c"] * 5
+    assert order == ["a", "b", "c"] * 2 + ["a", "b", "c", "c", "b", "a", "a", "b", "c"]  # warm-up, then alternating rounds
     assert times == {name: [0.1] * 3 for name in "abc"}
 
 
@@ -113,7 +115,17 @@ def test_cpu_attention_is_counted_and_ffn_removal_changes_the_ratio():
     linear = sum(2 * count.positions[name] * weight.numel() for name, weight in count.weights.items())
     heads, head_dim, layers_n, s = 4, 16, 2, TOKENS.shape[1]
     attention = layers_n * 2 * (2 * s * s * heads * head_dim)  # QK^T and AV over the full score matrix
-    assert count.dense == linear + attention
+    rotary = 2 * s * head_dim // 2  # the rotary angles' outer product: a matmul in some transformers versions
+    assert count.dense in (linear + attention, linear + attention + rotary)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 3, 9])
+def test_fused_attention_counts_every_query_head_with_gqa(kv_heads):
+    q, k, v = torch.randn(2, 9, 10, 8), torch.randn(2, kv_heads, 12, 8), torch.randn(2, kv_heads, 12, 8)
+    assert flops.attention_flops(q, k, v) == 2 * (2 * 2 * 9 * 10 * 12 * 8)  # QK^T + AV, batch 2, 9 query heads
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flops.ATTENTION_KERNELS) as counter:
+        F.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != 9)
+    assert counter.get_total_flops() == flops.attention_flops(q, k, v)
 
 
 def test_block_and_24_rules():
@@ -152,13 +164,14 @@ def test_sparse_backends_skip_a_dense_model_and_bad_blocks():
     ({"device": torch.device("cuda"), "capability": (9, 0)}, "fp16 or bf16 weights (model.dtype is float32: set model.dtype=fp16)"),
 ])
 def test_semi_structured_says_why_it_cannot_run(overrides, reason):
-    assert reason in semi_structured_problem(settings_for(**overrides), {"w": torch.zeros(4, 4)})
+    assert reason in semi_structured_problem(settings_for(**overrides))
 
 
 def test_semi_structured_needs_a_24_pattern_and_runs_where_it_can():
     ready = settings_for(device=torch.device("cuda"), capability=(9, 0), dtype=torch.float16)
-    assert "run with pattern=2:4" in semi_structured_problem(ready, {})
-    assert semi_structured_problem(ready, {"w": torch.zeros(4, 4)}) is None
+    assert semi_structured_problem(ready) is None
+    with pytest.raises(BackendSkipped, match="run with pattern=2:4"):  # checked on any machine: no CUDA call is made
+        backends.semi_structured(magnitude_pruned(tiny_model("llama")), ready)
     with pytest.raises(BackendSkipped, match="need a CUDA GPU"):
         backends.build("semi_structured", magnitude_pruned(tiny_model("llama")), settings_for())
 
@@ -332,7 +345,7 @@ def test_break_even_interpolates_in_log_speedup():
 
 def test_layers_benchmark_times_every_shape_and_phase(tmp_path):
     model = magnitude_pruned(tiny_model("llama"))
-    metrics = run_benchmark(tmp_path, model, None, name="layers", sparsities=[0.5, 0.9], repeats=2)
+    metrics = run_benchmark(tmp_path, model, None, name="layers", sparsities=[0.5, 0.9], repeats=2, kernels=["csr", "bsr", "semi_structured"])
     rows = read_rows(tmp_path / "layers_bench.csv")
     shapes = {r["shape"] for r in rows}
     assert shapes == {"64x64", "32x64", "128x64", "64x128"}
@@ -340,7 +353,24 @@ def test_layers_benchmark_times_every_shape_and_phase(tmp_path):
     assert {float(r["sparsity"]) for r in rows} == {0.5, 0.9}  # the model's own 0.5 is in the grid already
     assert all(float(r["csr_ms"]) > 0 and float(r["bsr_speedup"]) > 0 for r in rows)
     crossings = read_rows(tmp_path / "layers_break_even.csv")
-    assert len(crossings) == 4 * 2 * 2 and len(metrics["break_even"]) == 16
+    assert len(crossings) == 4 * 2 * 2 + 1 and len(metrics["break_even"]) == 16
+    assert crossings[-1]["kernel"] == "semi_structured" and crossings[-1]["status"] == "skipped: 2:4 semi-structured kernels need a CUDA GPU (this run is on cpu)"
+    assert all(float(r["csr_speedup"]) > 0 and r["semi_structured_ms"] == "" for r in rows)  # the column is there, empty
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="2:4 semi-structured kernels need a CUDA GPU with compute capability >= 8.0 (none here)")
+def test_layers_benchmark_times_24_kernels_at_half_sparsity_on_gpu(tmp_path):
+    model = magnitude_pruned(tiny_model("llama"))
+    loaded = LoadedModel(model.half().cuda(), object(), "tiny", "causal_lm", torch.device("cuda"), torch.float16)
+    layers_ = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and "lm_head" not in n}
+    config = bench_config("layers", sparsities=[0.7], repeats=2, kernels=["csr", "semi_structured"], seqlen=64)
+    BENCHMARKS.get("layers")(BenchmarkContext(loaded, config, tmp_path, layers_, None))
+    rows = read_rows(tmp_path / "layers_bench.csv")
+    timed_24 = [r for r in rows if r["semi_structured_ms"]]
+    assert timed_24 and all(float(r["sparsity"]) == 0.5 and float(r["semi_structured_speedup"]) > 0 for r in timed_24)
+    statuses = {r["status"] for r in read_rows(tmp_path / "layers_break_even.csv") if r["kernel"] == "semi_structured"}
+    assert statuses <= {"ok"} or all(s.startswith("skipped: to_sparse_semi_structured failed") for s in statuses - {"ok"})
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -408,3 +408,13 @@ def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_pat
 def test_bad_layers_to_remove_are_refused(blocks, message):
     with pytest.raises(PruneError, match=message):
         METHODS.get("layers")(context(tiny_model("llama"), 0.0, windows=None, name="layers", layers_to_remove=blocks))
+
+
+@pytest.mark.parametrize("method, expected", [("ffn", 8), ("heads", 8), ("head_mask", 8), ("layers", 8), ("wanda", 64), ("magnitude", 64)])
+def test_structured_methods_calibrate_on_fewer_windows_by_default(method, expected):
+    from hydra import compose, initialize_config_dir
+    from prunecli.config import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        assert compose("run", overrides=[f"method={method}"]).data.nsamples == expected
+        assert compose("run", overrides=[f"method={method}", "data.nsamples=16"]).data.nsamples == 16  # the user's count wins

@@ -54,7 +54,7 @@ def keeps_unpruned_copy(settings: Any) -> bool:
 def check_settings(settings: Any) -> None:
     """Refuse unknown names and impossible counts in the ``benchmark`` config (before loading)."""
     from prunecli.benchmark.backends import BACKENDS
-    from prunecli.benchmark.layers import LAYOUTS
+    from prunecli.benchmark.layers import KERNELS
     from prunecli.benchmark.sizes import ENCODERS
 
     BENCHMARKS.get(settings.name)
@@ -64,8 +64,8 @@ def check_settings(settings: Any) -> None:
         if phase not in PHASES:
             raise PruneError(f"unknown benchmark phase {phase!r} (choose from: {', '.join(PHASES)})")
     for kernel in settings.get("kernels") or []:
-        if kernel not in LAYOUTS:
-            raise PruneError(f"unknown benchmark kernel {kernel!r} (choose from: {', '.join(LAYOUTS)})")
+        if kernel not in KERNELS:
+            raise PruneError(f"unknown benchmark kernel {kernel!r} (choose from: {', '.join(KERNELS)})")
     for fmt in settings.get("disk_formats") or []:
         if fmt != "dense":
             ENCODERS.get(fmt)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,13 @@ class BackendSettings:
     sparse_min_sparsity: float = 0.1
     bsr_block: int = 16
     capability: tuple[int, int] | None = None  # CUDA compute capability (None: no CUDA device)
+
+
+def backend_settings(loaded: Any, options: Any) -> BackendSettings:
+    """The settings of this run: its model's device and dtype, the ``benchmark`` options."""
+    device = loaded.device
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return BackendSettings(device, loaded.dtype, float(options.get("sparse_min_sparsity", 0.1)), int(options.get("bsr_block", 16)), capability)
 
 
 # A backend takes (a copy of the pruned model, settings) and returns the module to time.
@@ -112,18 +119,28 @@ def dense(model: nn.Module, settings: BackendSettings) -> nn.Module:
     return model
 
 
+def cpu_sparse_problem(layout: str, settings: BackendSettings) -> str | None:
+    """Why CSR / BSR matmul cannot run here (None: it can)."""
+    if settings.dtype != torch.float32 and settings.device.type == "cpu":
+        return f"{layout.upper()} matmul on CPU needs fp32 weights (model.dtype=fp32)"
+    return None
+
+
+def refuse(problem: str | None) -> None:
+    if problem:
+        raise BackendSkipped(problem)
+
+
 @BACKENDS.register("csr")
 def csr(model: nn.Module, settings: BackendSettings) -> nn.Module:
-    if settings.dtype != torch.float32 and settings.device.type == "cpu":
-        raise BackendSkipped("CSR matmul on CPU needs fp32 weights (model.dtype=fp32)")
+    refuse(cpu_sparse_problem("csr", settings))
     return replace_linears(model, require_sparse_layers(model, settings), lambda w: w.to_sparse_csr(), "csr")
 
 
 @BACKENDS.register("bsr")
 def bsr(model: nn.Module, settings: BackendSettings) -> nn.Module:
     block = settings.bsr_block
-    if settings.dtype != torch.float32 and settings.device.type == "cpu":
-        raise BackendSkipped("BSR matmul on CPU needs fp32 weights (model.dtype=fp32)")
+    refuse(cpu_sparse_problem("bsr", settings))
     layers = require_sparse_layers(model, settings)
     misfits = [name for name, layer in layers.items() if layer.weight.shape[0] % block or layer.weight.shape[1] % block]
     if misfits:
@@ -131,31 +148,35 @@ def bsr(model: nn.Module, settings: BackendSettings) -> nn.Module:
     return replace_linears(model, layers, lambda w: w.to_sparse_bsr((block, block)), f"bsr{block}")
 
 
-def semi_structured_problem(settings: BackendSettings, weights: dict[str, torch.Tensor]) -> str | None:
-    """Why 2:4 semi-structured kernels cannot run (None: they can)."""
+def semi_structured_problem(settings: BackendSettings) -> str | None:
+    """Why 2:4 semi-structured kernels cannot run here (None: they can)."""
     if settings.device.type != "cuda" or settings.capability is None:
         return "2:4 semi-structured kernels need a CUDA GPU (this run is on " + settings.device.type + ")"
     if settings.capability < (8, 0):
         return f"2:4 semi-structured kernels need compute capability >= 8.0 (this GPU: {settings.capability[0]}.{settings.capability[1]})"
     if settings.dtype not in (torch.float16, torch.bfloat16):
         return f"2:4 semi-structured kernels need fp16 or bf16 weights (model.dtype is {str(settings.dtype).removeprefix('torch.')}: set model.dtype=fp16)"
-    if not weights:
-        return "no Linear layer is 2:4 sparse (run with pattern=2:4)"
     return None
+
+
+def to_semi_structured(weight: torch.Tensor) -> torch.Tensor:
+    """A 2:4 weight as ``torch.sparse.to_sparse_semi_structured`` (CUTLASS / cuSPARSELt); BackendSkipped
+    where that kernel's shape / dtype limits refuse it."""
+    from torch.sparse import to_sparse_semi_structured
+
+    try:
+        return to_sparse_semi_structured(weight)
+    except (RuntimeError, ValueError) as error:
+        raise BackendSkipped(f"to_sparse_semi_structured failed: {str(error).splitlines()[0]}") from None
 
 
 @BACKENDS.register("semi_structured")
 def semi_structured(model: nn.Module, settings: BackendSettings) -> nn.Module:
+    refuse(semi_structured_problem(settings))
     layers = {name: layer for name, layer in sparse_linears(model, 0.5).items() if is_24(layer.weight)}
-    problem = semi_structured_problem(settings, {name: layer.weight for name, layer in layers.items()})
-    if problem:
-        raise BackendSkipped(problem)
-    from torch.sparse import to_sparse_semi_structured
-
-    try:
-        return replace_linears(model, layers, to_sparse_semi_structured, "2:4")
-    except (RuntimeError, ValueError) as error:  # shape / dtype limits of the CUTLASS kernels
-        raise BackendSkipped(f"to_sparse_semi_structured failed: {str(error).splitlines()[0]}") from None
+    if not layers:
+        raise BackendSkipped("no Linear layer is 2:4 sparse (run with pattern=2:4)")
+    return replace_linears(model, layers, to_semi_structured, "2:4")
 
 
 @BACKENDS.register("structured")
@@ -174,9 +195,14 @@ def structured(model: nn.Module, settings: BackendSettings) -> nn.Module:
 
 
 def build(name: str, model: nn.Module, settings: BackendSettings, compile_model: bool = False) -> nn.Module:
-    """A copy of ``model`` converted for backend ``name`` (optionally ``torch.compile``-d)."""
+    """A copy of ``model`` converted for backend ``name`` (optionally ``torch.compile``-d).
+
+    ``dense`` is a copy too: a structured method leaves the pruned model's new (sliced) weights
+    scattered among freed memory, and timing that against the freshly copied unpruned model
+    measured the allocation, not the shapes (~4% slower on SmolLM2 FFN-50%); every timed
+    candidate is a fresh copy, laid out alike."""
     convert = BACKENDS.get(name)
-    converted = convert(model if name == "dense" else copy.deepcopy(model), settings)
+    converted = convert(copy.deepcopy(model), settings)
     if compile_model:
         converted = torch.compile(converted)
     return converted

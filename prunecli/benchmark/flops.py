@@ -21,15 +21,19 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from prunecli.methods.targets import is_prunable, weight_matrix
 
 
+def attention_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, out_val=None, **kwargs) -> int:
+    """``QK^T`` and ``AV`` of a fused attention kernel over the full score matrix, for every query
+    head: ``4 b h_q s_q s_k d``. With GQA a key/value head serves its whole group of query heads,
+    so K/V are counted as if repeated to ``h_q`` heads (older PyTorch formulas reject GQA shapes)."""
+    batch, heads = query.shape[:2]
+    return sdpa_flop_count(query.shape, (batch, heads, *key.shape[2:]), (batch, heads, *value.shape[2:]))
 
-def cpu_attention_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, out_val=None, **kwargs) -> int:
-    """``QK^T`` and ``AV`` of the CPU flash-attention kernel, counted like the CUDA ones (full score matrix)."""
-    return sdpa_flop_count(query.shape, key.shape, value.shape)
 
-
-cpu_attention_flops._get_raw = True  # called with the tensors themselves
-# PyTorch's counter has no formula for the CPU flash-attention kernel.
-CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops}
+attention_flops._get_raw = True  # called with the tensors themselves
+# The fused SDPA kernels, CPU flash attention included (PyTorch's counter has no formula for it).
+ATTENTION_KERNELS = {getattr(torch.ops.aten, name): attention_flops for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention") if hasattr(torch.ops.aten, name)}
 
 
 @dataclass
@@ -66,7 +70,7 @@ def count_flops(model: nn.Module, args: tuple, kwargs: dict) -> FlopCount:
 
     handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     try:
-        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
+        with FlopCounterMode(display=False, custom_mapping=ATTENTION_KERNELS) as counter:
             model(*args, **kwargs)
     finally:
         for handle in handles:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext
-from prunecli.benchmark.backends import BackendSettings, BackendSkipped, SparseLinear, build
+from prunecli.benchmark.backends import BackendSettings, BackendSkipped, SparseLinear, backend_settings, build
 from prunecli.benchmark.flops import block_nonzeros, count_flops, half_of_24, nonzeros
 from prunecli.benchmark.sizes import disk_bytes, model_bytes
 from prunecli.benchmark.timing import interleaved, paired_speedup, peak_memory, summarize, timed
@@ -41,12 +41,6 @@ LATENCY_COLUMNS = [
     "sparse_layers",
 ]
 MB = 2**20
-
-
-def backend_settings(loaded: Any, settings: Any) -> BackendSettings:
-    device = loaded.device
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return BackendSettings(device, loaded.dtype, float(settings.get("sparse_min_sparsity", 0.1)), int(settings.get("bsr_block", 16)), capability)
 
 
 def logits(output: Any) -> torch.Tensor:

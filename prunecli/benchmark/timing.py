@@ -44,14 +44,15 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved(calls: dict[str, TimedCall], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """``repeats`` rounds, each running every call once in order, after ``warmup`` untimed rounds."""
+    """``repeats`` rounds, each running every call once, after ``warmup`` untimed rounds. Odd rounds
+    run the calls in reverse order (A B, B A, ...), so no call always comes first or last in a round."""
     for _ in range(warmup):
         for call in calls.values():
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            times[name].append(call())
+    for round_ in range(repeats):
+        for name in (list(calls) if round_ % 2 == 0 else reversed(list(calls))):
+            times[name].append(calls[name]())
     return times
 
 
