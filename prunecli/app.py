@@ -41,6 +41,15 @@ def record_failure(cfg: DictConfig, run_dir: Path, overrides: list[str], err: Ba
     outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | {"error": message, "error_type": type(err).__name__}, [])
 
 
+def log_traceback(message: str, err: BaseException) -> None:
+    """``message`` and the traceback of ``err`` into the run's log file only (Hydra's file handler):
+    the console gets one line."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), (type(err), err, err.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def resume_enabled(cfg: DictConfig, multirun: bool) -> bool:
     setting = cfg.get("resume", "auto")
     return multirun if setting == "auto" else bool(setting)
@@ -95,7 +104,7 @@ def run(cfg: DictConfig) -> float | None:
         except Exception as err:  # any failure of a started run is recorded, not lost
             failure = err
     if failure is not None:
-        log.error("%s failed", label, exc_info=failure)
+        log_traceback(f"{label} failed", failure)
         record_failure(cfg, run_dir, overrides, failure)
         console.error(f"{label} failed: {failure} (details in {run_dir})")
         if multirun:

@@ -90,6 +90,7 @@ def test_nan_loss_marks_the_run_failed_with_the_reason(tmp_path, corpus):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "non-finite" in metrics["error"]
     assert "Traceback" in (run_dir / "prune.log").read_text()
+    assert "Traceback" not in result.stdout + result.stderr  # the console gets the one line
 
 
 def test_oneshot_methods_end_to_end_on_a_tiny_model(tmp_path, corpus):
