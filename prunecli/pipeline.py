@@ -230,6 +230,19 @@ def save_model(loaded: LoadedModel, folder: Path) -> None:
     loaded.tokenizer.save_pretrained(folder)
 
 
+def eval_description(cfg: DictConfig) -> str:
+    """What the evaluation scores: perplexity on ``data.eval``, an image model's test split, or a
+    text classifier's test split (``eval.max_examples``)."""
+    name = cfg.eval.name
+    if name == "none":
+        return "none"
+    if cfg.model.get("input_shape"):
+        return f"{name} on {data_source(cfg, 'eval')}  eval_samples={cfg.model.dataset.get('eval_samples')}"
+    if name == "accuracy":
+        return f"accuracy on the task's test split  max_examples={cfg.eval.get('max_examples')}"
+    return f"{name} on {data_source(cfg, 'eval')}  max_eval_tokens={cfg.data.max_eval_tokens}"
+
+
 def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     """The resolved key settings, shown before the run starts."""
     data = cfg.data
@@ -239,8 +252,7 @@ def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
         ("targets", f"{cfg.targets}  ignore={list(cfg.ignore or [])}"),
         ("calibration", f"{data_source(cfg, 'calibration')}  nsamples={data.nsamples}"
                         + (f" seqlen={data.seqlen}" if not cfg.model.get("input_shape") else "") + f" seed={data.seed}"),
-        ("eval", f"{cfg.eval.name} on {data_source(cfg, 'eval')}  "
-                 + (f"eval_samples={cfg.model.dataset.get('eval_samples')}" if cfg.model.get("input_shape") else f"max_eval_tokens={data.max_eval_tokens}")),
+        ("eval", eval_description(cfg)),
         ("benchmark", cfg.benchmark.name),
     ] + ([("finetune", f"{finetune.kind_of(cfg)}  schedule={schedules.describe(cfg)}")] if finetune.kind_of(cfg) != "none" else [])
 

@@ -164,3 +164,18 @@ def test_unknown_experiment_lists_every_preset(tmp_path, corpus):
     presets = sorted(path.stem for path in (REPO / "experiments").glob("*.yaml"))
     result = run_prune("run", *tiny_args(corpus), "+experiment=nope", cwd=tmp_path)
     assert_clean_failure(result, tmp_path, f"unknown experiment 'nope' (choose from: {', '.join(presets)})")
+
+
+@pytest.mark.parametrize("overrides, described", [
+    ([], "perplexity on wiki_sample  max_eval_tokens=16384"),
+    (["model=minilm_classifier", "eval=accuracy", "eval.max_examples=100"], "accuracy on the task's test split  max_examples=100"),
+    (["model=small_cnn", "eval=accuracy"], "accuracy on fashion_mnist  eval_samples="),
+    (["eval=none"], "none"),
+])
+def test_run_header_names_what_the_evaluation_scores(overrides, described):
+    from hydra import compose, initialize_config_dir
+    from prunecli.config import config_dir
+    from prunecli.pipeline import eval_description
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        assert eval_description(compose("run", overrides=overrides)).startswith(described)

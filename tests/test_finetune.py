@@ -331,3 +331,24 @@ def test_cli_schedule_on_a_structured_method_is_one_line(tmp_path, corpus):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "schedule=gradual re-applies the method" in lines[0], result.stderr
     assert not list((tmp_path / "outputs").glob("*/*"))
+
+
+def test_dense_baseline_fine_tune_keeps_no_masks(tmp_path, corpus):
+    """method=dense prunes nothing, so an exact zero of the dense weights is not a pruned weight to freeze."""
+    from transformers import AutoTokenizer
+
+    from prunecli.models.packaged import minilm_folder
+    from prunecli.models.tiny import build_tiny
+    from tests.conftest import TINY_CONFIGS
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    model, _ = build_tiny("llama", TINY_CONFIGS["llama"] | {"vocab_size": len(tokenizer)})
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[:4].zero_()
+    folder = tmp_path / "with_zeros"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    overrides = [*tiny_overrides(corpus), *lm_overrides(corpus), "model=hf", f"model.name_or_path={folder}", "method=dense",
+                 "finetune.steps=3", "finetune.lr=1e-2", "eval.baseline=false"]
+    prepared, metrics, _ = run_inprocess(overrides, tmp_path / "run")
+    assert prepared.loaded.model.model.layers[0].mlp.up_proj.weight[:4].abs().sum() > 0  # trained like every other weight

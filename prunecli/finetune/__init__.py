@@ -103,7 +103,7 @@ class FineTune:
         if o.get("eval_before", True) and schedule == "oneshot":
             before = evaluate(model)
             metrics.update({f"{key}_before_finetune": before[key] for key in BEFORE_KEYS if key in before})
-        keeper = MaskKeeper(layers)
+        keeper = MaskKeeper(layers if cfg.method.get("prunes", True) else {})  # a dense baseline has no masks to keep
         trainer = Trainer(o, ctx.device, run_dir, self.task.metric)
         train_model = model
         if self.kind == "lora":
