@@ -55,10 +55,11 @@ def resume_enabled(cfg: DictConfig, multirun: bool) -> bool:
     return multirun if setting == "auto" else bool(setting)
 
 
-def completed_run(run_id: str, root: Path, exclude: Path) -> Path | None:
-    """A finished run directory with this id under ``root`` (its metrics.json says completed)."""
-    for metrics in root.rglob("metrics.json"):
-        if metrics.parent == exclude or not (metrics.parent / "results.csv").exists():
+def completed_run(run_id: str, root: Path, own: Path) -> Path | None:
+    """A finished run directory with this id (its metrics.json says completed): the job's own
+    ``own`` directory first (a sweep re-run into the same sweep dir), else any under ``root``."""
+    for metrics in [own / "metrics.json", *root.rglob("metrics.json")]:
+        if not metrics.is_file() or not (metrics.parent / "results.csv").exists():
             continue
         try:
             record = json.loads(metrics.read_text())
@@ -78,6 +79,9 @@ def run(cfg: DictConfig) -> float | None:
     label = f"job {hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'})" if multirun else "run"
     if resume_enabled(cfg, multirun):
         done = completed_run(pipeline.run_id(cfg), Path(cfg.get("resume_root", "outputs")), run_dir)
+        if done is not None and done.resolve() == run_dir.resolve():
+            console.console.print(f"{label}: skipped, already completed here ({run_dir})")  # its record stays as it is
+            return None
         if done is not None:
             outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | {"status": "skipped", "completed_run_dir": str(done)}, [])
             console.console.print(f"{label}: skipped, already completed in {done}")

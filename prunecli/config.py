@@ -1,11 +1,24 @@
-"""Where the Hydra config tree lives: ``configs/`` of a source checkout, else the installed copy."""
+"""Where the Hydra config tree lives: ``configs/`` of a source checkout, else the installed copy;
+and the resolvers its files use."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def short_hash(text: str) -> str:
+    """6 hex digits of SHA-1: tells apart sweep jobs whose other name parts are alike."""
+    return hashlib.sha1(str(text).encode()).hexdigest()[:6]
+
+
+# ${short_hash:${hydra.job.override_dirname}} in the sweep subdir (configs/hydra/output/prunecli.yaml)
+OmegaConf.register_new_resolver("short_hash", short_hash, replace=True)
 
 
 def config_dir() -> Path:

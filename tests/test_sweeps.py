@@ -67,3 +67,18 @@ def test_killed_sweep_rerun_finishes_only_the_missing_jobs(tmp_path, corpus):
     rerun = subprocess.run(command[:-1] + ["benchmark.repeats=40"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{6 - done} completed, {done} skipped, 0 failed" in rerun.stdout
+
+
+def test_rerun_into_the_same_sweep_dir_never_overwrites_a_finished_job(tmp_path, corpus):
+    base = ["run", "-m", *tiny_args(corpus), "method=magnitude", "sparsity=0.3,0.5", "eval.baseline=false", "hydra.sweep.dir=outputs/sweeps/fixed"]
+    sweep = tmp_path / "outputs/sweeps/fixed"
+    assert run_prune(*base, cwd=tmp_path).returncode == 0
+    first = {p.parent.name: p.read_text() for p in sweep.rglob("metrics.json")}
+    assert len(first) == 2 and all('"completed"' in text for text in first.values())
+    again = run_prune(*base, cwd=tmp_path)  # the same jobs: each finds its own finished folder
+    assert again.returncode == 0 and again.stdout.count("already completed here") == 2
+    assert {p.parent.name: p.read_text() for p in sweep.rglob("metrics.json")} == first  # untouched
+    other = run_prune(*base, "method.scope=global", cwd=tmp_path)  # same job numbers, method and sparsities, other settings
+    assert other.returncode == 0, other.stderr[-2000:]
+    after = {p.parent.name: p.read_text() for p in sweep.rglob("metrics.json")}
+    assert len(after) == 4 and all(after[name] == text for name, text in first.items())
