@@ -108,6 +108,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     if loaded.tokenizer is not None and cfg.data.seqlen > loaded.max_length:  # text models only
         raise PruneError(f"data.seqlen={cfg.data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
     benchmark.check_fits(loaded, cfg.benchmark)
+    check_model = getattr(METHODS.get(cfg.method.name), "check_model", None)  # e.g. a GQA ratio the shapes cannot honour
+    if check_model is not None and cfg.method.get("prunes", True):
+        check_model(cfg.method, float(cfg.sparsity), loaded.model)
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore)
     if nm is not None:
         for name, module in layers.items():

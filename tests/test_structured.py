@@ -19,7 +19,7 @@ from prunecli.models.hub import from_pretrained
 from prunecli.models.layout import blocks_of
 from prunecli.models.tiny import tiny_tokenizer
 from prunecli.structured.groups import head_counts, family_of
-from prunecli.structured.methods import apply, check_options, needs_calibration, plan
+from prunecli.structured.methods import apply, check_model, check_options, needs_calibration, plan
 from tests.conftest import REPO, TINY_CONFIGS, run_prune, tiny_model
 
 WINDOWS = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -337,6 +337,17 @@ def test_gqa_ratios_that_cannot_be_honoured_are_refused(options, sparsity, messa
         return
     with pytest.raises(PruneError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan(context(tiny_model("llama"), sparsity, **options), "heads")
+    with pytest.raises(PruneError, match=message.replace("(", r"\(").replace(")", r"\)")):  # the same, right after loading
+        check_model(context(tiny_model("llama"), sparsity, **options).options, sparsity, tiny_model("llama"))
+
+
+def test_cli_refuses_a_gqa_ratio_before_pruning_with_one_line_and_no_run_dir(tmp_path, corpus):
+    result = run_prune("run", "model=tiny_llama", "benchmark=none", "eval=none", "method=heads", "sparsity=0.3",
+                       "data/calibration=text_file", f"data.calibration.path={corpus}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("prune: error: sparsity=0.3 cannot be honoured with 2 KV groups in each layer; "
+                                                      "possible ratios: 0, 0.5")
+    assert "Traceback" not in result.stdout + result.stderr and not list((tmp_path / "outputs").glob("*/*"))
 
 
 def test_unsupported_module_type_and_family_are_named():

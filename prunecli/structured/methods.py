@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 NOUNS = {"heads": "head", "ffn": "FFN neuron"}
 
 
+KINDS = {"heads": "heads", "head_mask": "heads", "ffn": "ffn"}  # method -> the units it removes
+
+
 @dataclass
 class Plan:
     """What to remove: ``removed[b]`` = unit indices of ``groups[b]``; ``bias[(b, path)]`` = FLAP correction."""
@@ -50,7 +53,7 @@ def check_options(options: Any, sparsity: float) -> None:
     """Refuse bad structured options before anything is loaded."""
     if options.get("criterion") is not None and options.name != "layers":
         criterion = CRITERIA.get(options.criterion)
-        kind = "heads" if options.name in ("heads", "head_mask") else "ffn"
+        kind = KINDS[options.name]
         if kind not in criterion.kinds:
             raise PruneError(f"criterion {options.criterion} scores {', '.join(criterion.kinds)} only, not {kind}")
         SELECTIONS.get(options.get("allocation", "per_layer"))
@@ -73,15 +76,12 @@ def _check_context(ctx: PruneContext) -> None:
     check_options(ctx.options, ctx.sparsity)
 
 
-def plan(ctx: PruneContext, kind: str) -> tuple[Plan, Evidence]:
-    """Score, rank and choose the ``kind`` units of ``ctx.model`` to remove (nothing is changed)."""
-    options = ctx.options
+def choose(model: torch.nn.Module, kind: str, options: Any, sparsity: float, unit_scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The units of each layer to remove, given a score per unit (lowest go first): GQA candidates
+    (whole KV groups, or the same query-head slot of every group), allocation, caps and checks."""
     gqa = options.get("gqa", "kv_groups")
-    family = family_of(ctx.model)
-    groups = model_groups(ctx.model, kind, gqa)
-    evidence = Evidence(ctx, family, groups)
-    unit_scores = scores(options.get("criterion", "l2"), kind, groups, evidence)
-    _, blocks = blocks_of(ctx.model)
+    family = family_of(model)
+    _, blocks = blocks_of(model)
     counts = [head_counts(family, block) for block in blocks] if kind == "heads" else []
     gqa_ratio = max([q // kv for q, kv, _ in counts if kv] or [1])
     if kind == "heads" and gqa_ratio > 1 and gqa == "query_heads":
@@ -90,15 +90,35 @@ def plan(ctx: PruneContext, kind: str) -> tuple[Plan, Evidence]:
     else:
         candidates = [each_unit(s) for s in unit_scores]
         exact = "KV groups" if kind == "heads" and gqa_ratio > 1 else None
-        per_candidate = [q // kv if kv else 1 for q, kv, _ in counts] if exact else [1] * len(groups)
+        per_candidate = [q // kv if kv else 1 for q, kv, _ in counts] if exact else [1] * len(unit_scores)
     min_heads = int(options.get("min_heads_per_layer", 0)) if kind == "heads" else 0
     min_keep = [-(-min_heads // max(p, 1)) for p in per_candidate]  # in candidates, rounded up
-    removed = select(candidates, ctx.sparsity, options.get("allocation", "per_layer"), min_keep, exact,
-                     bool(options.get("allow_empty_layers", False)), NOUNS[kind],
-                     ", raise min_heads_per_layer" if kind == "heads" else "")
-    result = Plan(kind, groups, removed)
+    return select(candidates, sparsity, options.get("allocation", "per_layer"), min_keep, exact,
+                  bool(options.get("allow_empty_layers", False)), NOUNS[kind],
+                  ", raise min_heads_per_layer" if kind == "heads" else "")
+
+
+def check_model(options: Any, sparsity: float, model: torch.nn.Module) -> None:
+    """Refuse, right after loading (before any calibration), a ratio this model's shapes cannot
+    honour: the selection runs on placeholder scores, so its errors are the real ones."""
+    if options.name == "layers":
+        return
+    kind = KINDS[options.name]
+    groups = model_groups(model, kind, options.get("gqa", "kv_groups"))
+    choose(model, kind, options, sparsity, [torch.zeros(g.units) for g in groups])
+
+
+def plan(ctx: PruneContext, kind: str) -> tuple[Plan, Evidence]:
+    """Score, rank and choose the ``kind`` units of ``ctx.model`` to remove (nothing is changed)."""
+    options = ctx.options
+    family = family_of(ctx.model)
+    groups = model_groups(ctx.model, kind, options.get("gqa", "kv_groups"))
+    evidence = Evidence(ctx, family, groups)
+    unit_scores = scores(options.get("criterion", "l2"), kind, groups, evidence)
+    result = Plan(kind, groups, choose(ctx.model, kind, options, ctx.sparsity, unit_scores))
     if options.get("bias_compensation", False):
-        for g, units in zip(groups, removed):
+        _, blocks = blocks_of(ctx.model)
+        for g, units in zip(groups, result.removed):
             for path, delta in bias_deltas(g, blocks[g.block], units, evidence).items():
                 result.bias[(g.block, path)] = delta
     return result, evidence
@@ -187,4 +207,5 @@ def layers(ctx: PruneContext) -> None:
 
 for _method in (heads, head_mask, ffn, layers):
     _method.check_options = check_options
+    _method.check_model = check_model
     _method.needs_calibration = needs_calibration
