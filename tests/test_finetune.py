@@ -263,8 +263,11 @@ def test_structured_shrunk_model_just_trains(tmp_path, corpus):
 def test_classifier_run_reports_accuracy_and_f1(tmp_path):
     _, metrics, rows = run_inprocess(["model=tiny_bert_classifier", "benchmark=none", "eval=accuracy", "eval.max_examples=64",
                                       "method=magnitude", "sparsity=0.5", "finetune=classifier", "finetune.epochs=null", "finetune.steps=3",
-                                      "finetune.max_train_examples=64", "finetune.max_val_examples=32", "finetune.batch_size=16"], tmp_path)
+                                      "finetune.max_train_examples=64", "finetune.max_val_examples=32", "finetune.batch_size=16",
+                                      "finetune.eval_before=true"], tmp_path)
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["f1"] <= 1 and metrics["eval_samples"] == 64
+    assert 0 <= metrics["accuracy_before_finetune"] <= 1 and 0 <= metrics["f1_before_finetune"] <= 1
+    assert metrics["finetune_steps"] == 3 and metrics["finetune_epochs"] is None
     assert all(row["zeros"] == row["numel"] // 2 for row in rows)
     assert "val_accuracy" in pd.read_csv(tmp_path / "train.csv")
 
@@ -323,6 +326,8 @@ def test_cli_finetune_run_writes_train_csv_and_keeps_the_sparsity(tmp_path, corp
     assert (layers["zeros"] == layers["numel"] // 2).all()
     results = pd.read_csv(run_dir / "results.csv")
     assert results.loc[0, "finetune"] == "lm" and results.loc[0, "schedule"] == "oneshot"
+    assert results.loc[0, "finetune_steps"] == 3 and pd.isna(results.loc[0, "finetune_epochs"])  # set by steps
+    assert results.loc[0, "ppl_before_finetune"] == pytest.approx(metrics["ppl_before_finetune"])
 
 
 def test_cli_schedule_on_a_structured_method_is_one_line(tmp_path, corpus):

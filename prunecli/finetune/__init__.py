@@ -161,6 +161,7 @@ class FineTune:
         if cycles:
             metrics["finetune_info"]["cycles"] = cycles
         metrics["finetune_steps"] = trainer.step_offset
+        metrics["finetune_epochs"] = o.get("epochs")  # null when set by steps
         if "best_step" in result:
             metrics["finetune_best_step"] = result["best_step"]
             metrics[f"{self.task.metric}_best"] = result["best_" + self.task.metric]
