@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -58,7 +59,7 @@ def resume_enabled(cfg: DictConfig, multirun: bool) -> bool:
 def completed_run(run_id: str, root: Path, own: Path) -> Path | None:
     """A finished run directory with this id (its metrics.json says completed): the job's own
     ``own`` directory first (a sweep re-run into the same sweep dir), else any under ``root``."""
-    for metrics in [own / "metrics.json", *root.rglob("metrics.json")]:
+    for metrics in itertools.chain([own / "metrics.json"], root.rglob("metrics.json")):  # lazily: stop at the first
         if not metrics.is_file() or not (metrics.parent / "results.csv").exists():
             continue
         try:
