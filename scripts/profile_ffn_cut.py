@@ -20,19 +20,18 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
 from prunecli.models.packaged import smollm2_folder
+import prunecli.methods  # noqa: F401  (the method registry first: the remover is imported through it)
+from prunecli.structured.remove import slice_layer, sync_config
 
 
 def cut_ffn(model: nn.Module, keep: int) -> nn.Module:
+    """Keep the first ``keep`` neurons of every FFN: gate/up rows and down columns (the remover's own slicing)."""
     for layer in model.model.layers:
-        mlp = layer.mlp
-        for name in ("gate_proj", "up_proj"):
-            old = getattr(mlp, name)
-            setattr(mlp, name, nn.Linear(old.in_features, keep, bias=False))
-            getattr(mlp, name).weight = nn.Parameter(old.weight.data[:keep].contiguous())
-        old = mlp.down_proj
-        mlp.down_proj = nn.Linear(keep, old.out_features, bias=False)
-        mlp.down_proj.weight = nn.Parameter(old.weight.data[:, :keep].contiguous())
-    model.config.intermediate_size = keep
+        mlp, kept = layer.mlp, torch.arange(keep)
+        mlp.gate_proj = slice_layer(mlp.gate_proj, kept, torch.arange(mlp.gate_proj.in_features))
+        mlp.up_proj = slice_layer(mlp.up_proj, kept, torch.arange(mlp.up_proj.in_features))
+        mlp.down_proj = slice_layer(mlp.down_proj, torch.arange(mlp.down_proj.out_features), kept)
+    sync_config(model)
     return model
 
 

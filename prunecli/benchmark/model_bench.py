@@ -130,8 +130,8 @@ def flops_of(candidates: dict[str, nn.Module], dense_model: nn.Module, inputs: t
     result = {}
     for name, model in candidates.items():
         layouts = sparse_layouts(model)
-        if not layouts:  # a dense model: count it as it is shaped (unpruned, dense, structured)
-            result[name] = dense_count.dense if model is dense_model else count_flops(getattr(model, "_orig_mod", model), args, kwargs).dense
+        if not layouts:  # a dense model: count it as it is shaped (unpruned, structured); `dense` is a copy of dense_model
+            result[name] = dense_count.dense if name == "dense" else count_flops(getattr(model, "_orig_mod", model), args, kwargs).dense
             continue
         result[name] = dense_count.effective(kept_rule(next(iter(layouts.values())), block), set(layouts))
     return result
