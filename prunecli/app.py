@@ -1,7 +1,10 @@
 """The Hydra task behind ``prune run``: thin glue between Hydra and :mod:`prunecli.pipeline`.
 
-* Bad input found before any stage runs leaves no run directory behind in a single run (it
-  is removed); in a sweep the job is recorded as ``failed`` and the sweep goes on.
+* Bad input found before any stage runs leaves nothing behind in a single run: what the run
+  added to its directory is removed (:mod:`prunecli.rundir`; a directory that existed before
+  keeps every file it had); in a sweep the job is recorded as ``failed`` and the sweep goes on.
+* SIGTERM / SIGINT: the run is recorded as ``status: interrupted`` with the signal and the
+  stage, then the process stops (128 + the signal number).
 * A failure after that point is written as ``status: failed`` with the reason; the
   traceback goes to the run's log file, never to the console.
 * Resume (``resume=auto``: on in sweeps): a job whose run id already has a ``completed``
@@ -15,8 +18,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +29,29 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from prunecli import console, outputs, pipeline
+from prunecli import console, outputs, pipeline, rundir
 from prunecli.config import config_dir
 from prunecli.errors import PruneError
+from prunecli.interrupts import Interrupted, raise_on_signals
 from prunecli.tracking import track
 
 log = logging.getLogger("prunecli")
+
+# File times may be coarser than the clock (whole seconds on some file systems).
+MTIME_SLACK_S = 2.0
 
 # Set by SweepSummary at the end of a sweep in this process: the failed job records.
 SWEEP_FAILURES: list[dict] = []
 
 
+def record(cfg: DictConfig, run_dir: Path, overrides: list[str], fields: dict) -> None:
+    """A run record without results (failed, interrupted): the identifying fields plus ``fields``."""
+    outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | fields, [])
+
+
 def record_failure(cfg: DictConfig, run_dir: Path, overrides: list[str], err: BaseException) -> None:
     message = str(err) if isinstance(err, PruneError) else f"{type(err).__name__}: {err}"
-    outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | {"error": message, "error_type": type(err).__name__}, [])
+    record(cfg, run_dir, overrides, {"error": message, "error_type": type(err).__name__})
 
 
 def log_traceback(message: str, err: BaseException) -> None:
@@ -78,6 +90,28 @@ def run(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     label = f"job {hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'})" if multirun else "run"
+    with raise_on_signals():
+        try:
+            return run_job(cfg, run_dir, overrides, multirun, label)
+        except Interrupted as stop:  # recorded, then the process stops (a sweep too: the user asked)
+            where = stop.stage or "setup"
+            record(cfg, run_dir, overrides, {"status": "interrupted", "error": f"interrupted by {stop.signal_name} during stage {where}",
+                                             "interrupted_signal": stop.signal_name, "interrupted_stage": where})
+            console.error(f"{label} interrupted by {stop.signal_name} during stage {where}: recorded as interrupted in {run_dir}")
+            stop.recorded = True
+            raise
+        finally:
+            if multirun:
+                rundir.unlock(run_dir)
+
+
+def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, label: str) -> float | None:
+    if multirun:  # a single run's directory is locked by rundir.RunDirGuard before Hydra writes there
+        try:
+            rundir.lock(run_dir)
+        except PruneError as err:  # another process runs this job: leave its folder alone
+            console.error(f"{label}: {err}")
+            return None
     if resume_enabled(cfg, multirun):
         done = completed_run(pipeline.run_id(cfg), Path(cfg.get("resume_root", "outputs")), run_dir)
         if done is not None and done.resolve() == run_dir.resolve():
@@ -94,7 +128,7 @@ def run(cfg: DictConfig) -> float | None:
             record_failure(cfg, run_dir, overrides, err)
             console.error(f"{label}: {err}")
             return None
-        shutil.rmtree(run_dir, ignore_errors=True)
+        rundir.discard_new(run_dir)  # only what this run added: never a folder or file that was there before
         console.error(str(err))
         sys.exit(2)
     except Exception as err:  # an unexpected failure while loading: recorded like a failed run
@@ -123,16 +157,32 @@ def run(cfg: DictConfig) -> float | None:
 
 
 class SweepSummary(Callback):
-    """At the end of a sweep: count the jobs' records by status and list the failed ones."""
+    """At the end of a sweep: count this sweep's jobs by status and list the failed ones.
+
+    A job folder belongs to this sweep when Hydra wrote its ``.hydra/`` after the sweep started
+    (folders of an earlier sweep into the same directory are left out); a ``completed`` record
+    written before the start was found finished and is counted as ``skipped``.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time() - MTIME_SLACK_S
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        started = getattr(self, "started", 0.0)
         records = []
         for metrics in sorted(Path(config.hydra.sweep.dir).rglob("metrics.json")):
+            stamp = metrics.parent / ".hydra" / "overrides.yaml"
             try:
-                records.append(json.loads(metrics.read_text()))
+                if stamp.exists() and stamp.stat().st_mtime < started:
+                    continue
+                record = json.loads(metrics.read_text())
+                if record.get("status") == "completed" and metrics.stat().st_mtime < started:
+                    record["status"] = "skipped"
             except (OSError, json.JSONDecodeError):
                 continue
-        counts = {status: sum(r.get("status") == status for r in records) for status in ("completed", "skipped", "failed")}
+            records.append(record)
+        statuses = ["completed", "skipped", "failed"] + (["interrupted"] if any(r.get("status") == "interrupted" for r in records) else [])
+        counts = {status: sum(r.get("status") == status for r in records) for status in statuses}
         failed = [r for r in records if r.get("status") == "failed"]
         SWEEP_FAILURES[:] = failed
         console.console.print(f"sweep {config.hydra.sweep.dir}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))

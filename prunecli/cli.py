@@ -1,9 +1,10 @@
 """``prune``: the console entry point.
 
 ``prune run [overrides]`` hands the command line to the Hydra app (so ``-m``, ``--cfg job``,
-``--help`` and shell completion behave as Hydra users expect), after checking that every
-config-group choice exists, so a typo gets one line listing the valid names instead of a
-Hydra traceback. ``prune report PATH...`` stacks run results; ``prune --version``.
+``--help`` and shell completion behave as Hydra users expect), after :mod:`prunecli.overrides`
+has checked the overrides, so a typo gets one line naming the valid choice instead of a Hydra
+traceback. SIGTERM / SIGINT end it with 128 + the signal number, after a sweep's job processes.
+``prune report PATH...`` stacks run results; ``prune --version``.
 """
 
 from __future__ import annotations
@@ -14,72 +15,24 @@ import sys
 
 from prunecli import __version__
 from prunecli.errors import PruneError
+from prunecli.interrupts import Interrupted, raise_on_signals, stop_children
 
 USAGE = """usage: prune run [HYDRA OPTIONS] [key=value ...]   prune one model (-m: sweep)
        prune report PATH... [--columns C,...] [--where K=V] [--pivot rows=R,cols=C,values=V]
                     [--format csv|md|latex] [--plot]  one table (and plots) over many runs
        prune --version"""
 
-# Hydra flags that consume the next argument.
-VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
-
-
-def hydra_overrides(args: list[str]) -> list[str]:
-    """The ``key=value`` overrides among Hydra's command-line arguments."""
-    overrides, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in VALUE_FLAGS:
-            skip = True
-        elif not arg.startswith("-") and "=" in arg:
-            overrides.append(arg)
-    return overrides
-
-
-def check_group_choices(overrides: list[str]) -> None:
-    """Every choice of a config group (also in sweeps like ``method=a,b``) must exist."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    from prunecli.config import config_groups
-
-    groups = config_groups()
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        raise PruneError(str(err).strip().splitlines()[0]) from None
-    for override in parsed:
-        group = override.key_or_group
-        if group == "hydra/launcher":
-            check_launcher(override.get_value_element_as_str())
-        if group not in groups or override.is_delete():
-            continue
-        choices = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
-        for choice in choices:
-            if choice not in groups[group]:
-                raise PruneError(f"unknown {group} {choice!r} (choose from: {', '.join(groups[group])})")
-
-
-# launcher config -> (module it needs, pip extra)
-LAUNCHER_EXTRAS = {"slurm": "hydra_plugins.hydra_submitit_launcher", "local_parallel": "hydra_plugins.hydra_submitit_launcher"}
-
-
-def check_launcher(name: str) -> None:
-    import importlib.util
-
-    module = LAUNCHER_EXTRAS.get(name)
-    if module and importlib.util.find_spec(module) is None:
-        raise PruneError(f"hydra/launcher={name} needs hydra-submitit-launcher, which is not installed: pip install 'prunecli[slurm]'")
-
 
 def run_command(args: list[str]) -> int:
-    check_group_choices(hydra_overrides(args))
+    from prunecli import overrides
+
+    overrides.check(args)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     from prunecli import app
 
     sys.argv = [sys.argv[0], *args]
-    app.run()
+    with raise_on_signals():
+        app.run()
     if app.SWEEP_FAILURES:
         from prunecli import console
 
@@ -132,6 +85,16 @@ def main(argv: list[str] | None = None) -> None:
 
         console.error(str(err))
         code = 2
+    except Interrupted as stop:  # a run records itself; a sweep's launcher stops the job processes it started
+        from prunecli import console
+
+        stopped = stop_children()
+        if stopped:
+            console.error(f"sweep interrupted by {stop.signal_name}: stopped its {stopped} job process(es); "
+                          "the same command finishes it (finished jobs are skipped)")
+        elif not stop.recorded:
+            console.error(f"interrupted by {stop.signal_name}")
+        code = stop.exit_code
     except KeyboardInterrupt:
         code = 130
     except Exception as err:  # a bug or an unforeseen environment problem: one line, traceback on request

@@ -11,8 +11,9 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 # results.csv columns, the same for every run so that ``prune report`` can stack them.
 RESULT_COLUMNS = [
@@ -28,16 +29,32 @@ RESULT_COLUMNS = [
 ]
 
 
-def write_atomic(path: Path, text: str) -> None:
+def file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the user's umask (``mkstemp`` makes 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temp file beside ``path`` (mode as ``open()`` gives, not ``mkstemp``'s 0o600) to write;
+    moved over ``path`` when the block ends without error, removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, file_mode())
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        yield Path(temp)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with replaced_atomically(path) as temp:
+        temp.write_text(text, encoding="utf-8", newline="")
 
 
 def jsonable(value: Any) -> Any:

@@ -25,13 +25,14 @@ from prunecli import benchmark
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext
 from prunecli.data import calibration_windows, load_documents
 from prunecli.environment import environment, peak_memory_mb
-from prunecli.errors import PruneError
+from prunecli.errors import PruneError, RunFailedError
+from prunecli.interrupts import Interrupted
 from prunecli.evaluate import EVALUATORS
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS
 from prunecli.methods.masks import check_nm_fits, parse_pattern
 from prunecli.methods.targets import select_layers, weight_matrix
-from prunecli.models import LoadedModel, load_model
+from prunecli.models import LoadedModel, load_model, resolve_device, resolve_dtype
 from prunecli.sparsity import sparsity_summary
 from prunecli.tracking import check_available as check_tracker
 
@@ -59,6 +60,11 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
     for key in ("seqlen", "nsamples"):
         if not isinstance(cfg.data[key], int) or cfg.data[key] < 1:
             raise PruneError(f"data.{key} must be a positive integer (got {cfg.data[key]!r})")
+    max_eval_tokens = cfg.data.get("max_eval_tokens")
+    if max_eval_tokens is not None and (isinstance(max_eval_tokens, bool) or not isinstance(max_eval_tokens, int) or max_eval_tokens < 1):
+        raise PruneError(f"data.max_eval_tokens must be a positive integer, or null for the whole text (got {max_eval_tokens!r})")
+    resolve_device(cfg.model.device)
+    resolve_dtype(cfg.model.dtype)
     check_method = getattr(METHODS.get(cfg.method.name), "check_options", None)  # structured methods check early
     if check_method is not None:
         check_method(cfg.method, float(sparsity))
@@ -92,7 +98,11 @@ def stage(timings: dict, name: str):
     """Time a stage into ``timings[name]`` (seconds, wall clock, device synchronised)."""
     start = time.perf_counter()
     log.info("stage %s ...", name)
-    yield
+    try:
+        yield
+    except Interrupted as stop:  # the innermost stage names where the run was stopped
+        stop.stage = stop.stage or name
+        raise
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     timings[name] = time.perf_counter() - start
@@ -148,7 +158,7 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     metrics: dict[str, Any] = {}
     if cfg.eval.get("baseline", False) and cfg.method.get("prunes", True):
         with stage(timings, "eval_dense"):
-            dense = prepared.evaluate(loaded.model)
+            dense = scored(prepared.evaluate, loaded.model, "the unpruned model")
             metrics["ppl_dense"] = dense.get("ppl")
             if "accuracy" in dense:
                 metrics["accuracy_dense"] = dense["accuracy"]
@@ -175,7 +185,8 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     summary["params_removed"] = params_before - summary["params_total"]
     summary["params_removed_frac"] = summary["params_removed"] / params_before
     with stage(timings, "eval"):
-        metrics.update(prepared.evaluate(loaded.model))
+        evaluated = "the pruned model" if cfg.method.get("prunes", True) else f"the model (method={cfg.method.name}, not pruned)"
+        metrics.update(scored(prepared.evaluate, loaded.model, evaluated))
     with stage(timings, "benchmark"):
         metrics.update(BENCHMARKS.get(cfg.benchmark.name)(BenchmarkContext(loaded, cfg.benchmark, run_dir, layers, unpruned)))
     del unpruned
@@ -195,6 +206,14 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
         environment=environment(loaded.device),
     )
     return record | metrics | {"status": "completed"}, layer_rows
+
+
+def scored(evaluate: Callable[[torch.nn.Module], dict], model: torch.nn.Module, which: str) -> dict:
+    """``evaluate(model)``; a result that is no number names which model produced it."""
+    try:
+        return evaluate(model)
+    except RunFailedError as err:
+        raise RunFailedError(f"{err}: from {which}") from None
 
 
 def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:

@@ -2,7 +2,8 @@
 
 One row per ``run_id`` (a completed row wins, then the newest run directory); ``skipped`` rows are
 dropped; ``--where KEY=VALUE`` keeps the matching runs. Completed runs are sorted by model / method
-/ sparsity; failed runs are listed with their reason, never dropped. Written next to the first path
+/ sparsity; failed and interrupted runs are listed with their reason, never dropped; a
+``results.csv`` that cannot be read is named with the reason and the rest is reported. Written next to the first path
 (or into ``--output``): ``report.csv`` (all columns), ``report.md|tex`` (the shown ones),
 ``pivot.csv|md|tex`` with ``--pivot``, ``latency.csv`` (every run's ``latency.csv`` stacked) when
 runs have one, and ``plots/`` with ``--plot``.
@@ -21,6 +22,7 @@ from prunecli.outputs import write_atomic
 
 DEFAULT_COLUMNS = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "ppl", "ppl_dense", "prefill_ms", "prune_s", "eval_s"]
 SORT_KEYS = ["model", "method", "pattern", "sparsity_target"]
+REQUIRED_COLUMNS = ["run_id", "status", "model", "method"]
 SOURCE = "_source"  # internal column: the folder a row's results.csv was read from
 SUFFIXES = {"csv": "csv", "md": "md", "latex": "tex"}
 PIVOT_KEYS = {"rows": "rows", "index": "rows", "cols": "cols", "columns": "cols", "values": "values"}
@@ -43,12 +45,35 @@ def find_results(paths: list[str]) -> list[Path]:
     return found
 
 
+def read_results(file: Path) -> pd.DataFrame:
+    """One ``results.csv``; a file that is not one (empty, binary, cut short, another header)
+    raises ``ValueError`` with the reason."""
+    try:
+        frame = pd.read_csv(file, dtype={"run_id": "str"})
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"not a prunecli results.csv: no {', '.join(missing)} column (header cut short?)")
+    return frame
+
+
 def load_results(paths: list[str]) -> pd.DataFrame:
-    """All rows, sorted, each tagged (column ``SOURCE``) with the folder its file is in."""
+    """All rows, sorted, each tagged (column ``SOURCE``) with the folder its file is in. A file
+    that cannot be read is listed with its path and reason and left out; the rest is reported."""
     files = find_results(paths)
     if not files:
         raise PruneError(f"no run results (results.csv) found below {', '.join(paths)}")
-    frames = [pd.read_csv(file, dtype={"run_id": "str"}).assign(**{SOURCE: str(file.parent)}) for file in files]
+    frames, unreadable = [], []
+    for file in files:
+        try:
+            frames.append(read_results(file).assign(**{SOURCE: str(file.parent)}))
+        except ValueError as err:
+            unreadable.append((file, str(err)))
+    for file, reason in unreadable:
+        console.console.print(f"skipped unreadable {file}: {reason}", markup=False, highlight=False, soft_wrap=True)
+    if not frames:
+        raise PruneError(f"none of the {len(files)} results.csv file(s) below {', '.join(paths)} could be read (listed above)")
     frame = pd.concat(frames, ignore_index=True)
     return frame.sort_values([key for key in SORT_KEYS if key in frame], kind="stable", ignore_index=True)
 
@@ -180,11 +205,11 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
 def show_runs(frame: pd.DataFrame, columns: list[str]) -> None:
     """Completed runs as one table, the others (with their error) as a second one."""
     completed = frame[frame["status"] == "completed"]
-    failed = frame[frame["status"] != "completed"]
     console.console.print(console.table(f"{len(completed)} completed run(s)", completed[columns].to_dict("records"), columns))
-    if len(failed):
-        failed_columns = [c for c in ["model", "method", "sparsity_target", "error", "run_dir"] if c in frame]
-        console.console.print(console.table(f"{len(failed)} failed run(s)", failed[failed_columns].to_dict("records"), failed_columns))
+    other_columns = [c for c in ["status", "model", "method", "sparsity_target", "error", "run_dir"] if c in frame]
+    for status in sorted(set(frame["status"].dropna()) - {"completed"}):  # failed, interrupted, ...
+        runs = frame[frame["status"] == status]
+        console.console.print(console.table(f"{len(runs)} {status} run(s)", runs[other_columns].to_dict("records"), other_columns))
 
 
 def write_reports(frame: pd.DataFrame, columns: list[str], target: Path, fmt: str) -> None:

@@ -49,6 +49,14 @@ def assert_clean_failure(result, cwd: Path, message: str):
         (["logger=wandb"], "unknown logger 'wandb'"),
         (["allocation=owl", "pattern=2:4"], "N:M"),
         (["allocation=fancy"], "unknown allocation 'fancy'"),
+        (["sparsty=0.5"], "unknown key 'sparsty' (did you mean 'sparsity'?)"),
+        (["+sparsty=0.9"], "'+sparsty' adds a top-level key that nothing reads (did you mean 'sparsity'?)"),
+        (["method=sparsegpt", "method.percdmp=0"], "unknown key 'method.percdmp' (did you mean 'method.percdamp'?)"),
+        (["method=sparsegpt", "method.percdamp=-0.1"], "method.percdamp must be a number >= 0 (got -0.1)"),
+        (["data.max_eval_tokens=0"], "data.max_eval_tokens must be a positive integer, or null for the whole text (got 0)"),
+        (["model.device=tpu"], "unknown model.device 'tpu' (choose from: auto, cpu, cuda, cuda:N)"),
+        (["data.eval.path=/"], "text file '/' is a directory"),
+        (["-m", "method=wanda,sparsegpt", "method.percdamp=0.1"], "'method.percdamp' does not exist for the sweep's jobs with method=wanda"),
     ],
 )
 def test_bad_input_one_line_nonzero_exit_no_run_dir(tmp_path, corpus, overrides, message):
@@ -86,11 +94,14 @@ def test_nan_loss_marks_the_run_failed_with_the_reason(tmp_path, corpus):
     result = run_prune("run", *tiny_args(corpus), "model=hf", f"model.name_or_path={folder}", "method=magnitude", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("prune: error: run failed: evaluation loss is nan")
+    assert "from the unpruned model" in result.stderr  # the baseline is scored first and names itself
     (run_dir,) = run_dirs(tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "non-finite" in metrics["error"]
     assert "Traceback" in (run_dir / "prune.log").read_text()
     assert "Traceback" not in result.stdout + result.stderr  # the console gets the one line
+    dense = run_prune("run", *tiny_args(corpus), "model=hf", f"model.name_or_path={folder}", "method=dense", cwd=tmp_path)
+    assert dense.returncode == 1 and "from the model (method=dense, not pruned)" in dense.stderr and "pruned model" not in dense.stderr
 
 
 def test_oneshot_methods_end_to_end_on_a_tiny_model(tmp_path, corpus):

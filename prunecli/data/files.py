@@ -32,6 +32,8 @@ def text_file(cfg: Any) -> list[str]:
     if not cfg.get("path"):
         raise PruneError("data source text_file needs a path: data.eval.path=FILE (or data.calibration.path=FILE)")
     path = Path(str(cfg.path)).expanduser()
+    if path.is_dir():
+        raise PruneError(f"text file {str(path)!r} is a directory, not a .txt or .jsonl file")
     if not path.is_file():
         raise PruneError(f"text file {str(path)!r} does not exist")
     try:

@@ -61,7 +61,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """
     logits, labels = logits.float().cpu(), labels.long().cpu()
     if not torch.isfinite(logits).all():
-        raise RunFailedError("evaluation logits are not finite (the pruned model produces NaN/inf)")
+        raise RunFailedError("evaluation logits are not finite (NaN/inf)")
     metrics = accuracy_f1(logits.argmax(1).tolist(), labels.tolist(), logits.shape[1])
     metrics["eval_loss"] = F.cross_entropy(logits, labels).item()
     metrics["eval_samples"] = len(labels)

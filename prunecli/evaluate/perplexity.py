@@ -35,7 +35,7 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
         predicted += targets.numel()
     mean_nll = total_nll / predicted
     if not math.isfinite(mean_nll):
-        raise RunFailedError(f"evaluation loss is {mean_nll} (the pruned model produces non-finite logits)")
+        raise RunFailedError(f"evaluation loss is {mean_nll} (non-finite logits)")
     return {"ppl": math.exp(mean_nll), "nll": mean_nll, "eval_tokens": int(windows.numel())}
 
 

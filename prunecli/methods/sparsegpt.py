@@ -4,7 +4,8 @@ For each layer, from ``H = 2/n * sum X X^T`` over the calibration tokens:
 
 1. dead inputs (``H_jj = 0``) get ``H_jj = 1`` and their weights zeroed;
 2. dampening: ``H += percdamp * mean(diag H) * I``; ``U`` = upper Cholesky factor of ``H^-1``
-   (if a factorisation fails, the damping is raised tenfold and retried, with a warning);
+   (if a factorisation fails, the damping is raised tenfold -- from 0.01 when it was 0 -- and
+   retried, with a warning);
 3. columns are processed in blocks of ``blocksize``. At the start of a block the mask is
    chosen from ``w^2 / [U]_jj^2`` (lowest ``floor(s * numel)`` of the block; with N:M, per run
    of M columns as they are reached). Column by column, pruned weights are zeroed and the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -29,6 +31,7 @@ from prunecli.methods.targets import weight_matrix
 log = logging.getLogger(__name__)
 
 MAX_DAMPING_RETRIES = 6
+RETRY_DAMPING = 0.01  # the first retry of an undamped (percdamp=0) Hessian; then x10 per retry
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, layer: str, warnings: list) -> torch.Tensor:
@@ -44,9 +47,10 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, layer: str, w
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if info == 0:
                 return upper
-        log.warning("sparsegpt: Hessian of %s is not positive definite with percdamp=%g; retrying with %g", layer, percdamp, percdamp * 10)
-        warnings.append({"layer": layer, "percdamp": percdamp * 10})
-        percdamp *= 10
+        raised = percdamp * 10 if percdamp > 0 else RETRY_DAMPING
+        log.warning("sparsegpt: Hessian of %s is not positive definite with percdamp=%g; retrying with %g", layer, percdamp, raised)
+        warnings.append({"layer": layer, "percdamp": raised})
+        percdamp = raised
     raise PruneError(f"sparsegpt: the Hessian of {layer} stays singular even with percdamp={percdamp:g}")
 
 
@@ -106,6 +110,15 @@ def obs_prune_(W: torch.Tensor, U: torch.Tensor, sparsity: float, nm: tuple[int,
         W[:, end:].addmm_(errors, U[start:end, end:], alpha=-1)
 
 
+def check_options(options: Any, sparsity: float) -> None:
+    """Before anything loads: ``percdamp`` a number >= 0, ``blocksize`` a positive integer."""
+    percdamp, blocksize = options.get("percdamp", 0.01), options.get("blocksize", 128)
+    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not percdamp >= 0:
+        raise PruneError(f"method.percdamp must be a number >= 0 (got {percdamp!r})")
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+        raise PruneError(f"method.blocksize must be a positive integer (got {blocksize!r})")
+
+
 @METHODS.register("sparsegpt")
 def sparsegpt(ctx: PruneContext) -> None:
     blocksize = int(ctx.options.get("blocksize", 128))
@@ -120,3 +133,6 @@ def sparsegpt(ctx: PruneContext) -> None:
     prune_layerwise(ctx, Hessian, prune_block, "sparsegpt")
     if warnings:
         ctx.stats["sparsegpt_damping_raised"] = warnings
+
+
+sparsegpt.check_options = check_options

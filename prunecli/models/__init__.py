@@ -52,7 +52,10 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda if available else cpu; asking for cuda without CUDA is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(str(name))
+    except RuntimeError:
+        raise PruneError(f"unknown model.device {name!r} (choose from: auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         build = "built without CUDA" if torch.version.cuda is None else "no GPU is visible"
         raise PruneError(f"model.device={name} was asked for but CUDA is not available (torch {torch.__version__}: {build})")
@@ -69,8 +72,15 @@ def load_model(cfg: Any) -> LoadedModel:
     """Load ``cfg.model`` on its device and dtype, in eval mode."""
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype)
-    model, tokenizer, task = MODEL_SOURCES.get(cfg.model.source)(cfg.model)
-    model = model.to(device=device, dtype=dtype).eval()
+    source = MODEL_SOURCES.get(cfg.model.source)
+    try:  # a corrupt checkpoint or a bad config is bad input: one line, like a missing path
+        model, tokenizer, task = source(cfg.model)
+        model = model.to(device=device, dtype=dtype).eval()
+    except PruneError:
+        raise
+    except Exception as err:  # whatever the checkpoint's reader raises (safetensors has its own error type)
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise PruneError(f"cannot load model {cfg.model.name}: {type(err).__name__}: {reason}") from None
     # Whole corpora are tokenised as one text and cut into windows here, never fed whole to
     # the model: silence the tokenizer's "longer than the model maximum" warning.
     if tokenizer is not None:  # image models have none

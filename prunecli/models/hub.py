@@ -39,7 +39,8 @@ def from_pretrained(name_or_path: str, task: str = "auto", trust_remote_code: bo
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PruneError(f"could not load model {name_or_path!r} (no local folder, cache or hub access?): {first_line}") from err
+        hint = "" if Path(str(name_or_path)).expanduser().is_dir() else " (no local folder, cache or hub access?)"
+        raise PruneError(f"cannot load model {name_or_path!r}{hint}: {first_line}") from err
     return model, tokenizer, task
 
 

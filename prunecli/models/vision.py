@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -218,16 +216,11 @@ def save_safetensors(model: nn.Module, path: Path, metadata: dict | None = None)
     """The state dict as safetensors, written atomically."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, temp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    from prunecli.outputs import replaced_atomically
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with replaced_atomically(path) as temp:
+        save_file(state, str(temp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 @MODEL_SOURCES.register("builtin_cnn")
