@@ -152,6 +152,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
     outputs.write_run(run_dir, metrics, layers)
     track(cfg, run_dir, metrics)
     console.console.print(console.table("results", pipeline.result_table_rows(metrics)))
+    if "zeroshot" in metrics:
+        rows = pipeline.zeroshot_table_rows(metrics)
+        console.console.print(console.table("zero-shot accuracy (lm-evaluation-harness)", rows, list(rows[0])))
     console.console.print(f"run directory: {run_dir}")
     return metrics.get("ppl")
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# Piped or redirected output is never wrapped (a path or a table cell split over lines cannot be
+# copied or parsed); on a terminal, rich fits tables to its width.
+PIPED_WIDTH = 10_000
+console = Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
 errors = Console(stderr=True)
 
 
@@ -38,3 +42,10 @@ def table(title: str, rows: list[tuple[str, str]] | list[dict], columns: list[st
 def error(message: str) -> None:
     """One line on stderr, no markup interpretation."""
     print(f"prune: error: {message}", file=sys.stderr, flush=True)
+
+
+def exit_with(err: Exception, code: int = 2) -> NoReturn:
+    """One line and ``SystemExit`` -- for code that Hydra calls (callbacks, launchers), which turns
+    an ordinary exception into a warning or a traceback; a ``BaseException`` passes through it."""
+    error(str(err))
+    raise SystemExit(code) from None

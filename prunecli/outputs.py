@@ -20,7 +20,7 @@ RESULT_COLUMNS = [
     "run_id", "status", "model", "method", "pattern", "sparsity_target", "sparsity_actual", "finetune", "schedule",
     "criterion", "gqa", "bias_compensation",  # structured methods (empty for the others)
     "sparsity_all_params", "params_total", "params_nonzero", "params_removed", "params_removed_frac",
-    "ppl", "ppl_dense", "nll", "ppl_before_finetune", "accuracy", "accuracy_dense", "accuracy_before_finetune", "f1",
+    "ppl", "ppl_dense", "nll", "zeroshot_mean", "zeroshot_mean_dense", "zeroshot_mean_norm", "zeroshot_mean_norm_dense", "ppl_before_finetune", "accuracy", "accuracy_dense", "accuracy_before_finetune", "f1",
     "f1_before_finetune", "finetune_epochs", "finetune_steps", "finetune_s",
     "prefill_ms", "prefill_tokens_per_s", "prefill_speedup", "decode_ms", "decode_tokens_per_s", "decode_speedup",
     "flops", "flops_ratio", "model_mb", "disk_mb_dense", "disk_mb_csr", "disk_mb_bitmask",

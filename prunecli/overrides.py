@@ -58,7 +58,13 @@ def check(args: list[str]) -> None:
 
 
 def choices_of(override: Any) -> list[str]:
+    """The values of an override, one per job of a sweep (``[a,b]``: a list of a group's options, as typed)."""
     return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+
+
+def options_in(choice: str) -> list[str]:
+    """The group options one value names: ``a``, or each of ``[a,b]``."""
+    return [item.strip() for item in choice[1:-1].split(",") if item.strip()] if choice.startswith("[") else [choice]
 
 
 def check_group_choices(parsed: list, groups: dict[str, list[str]]) -> None:
@@ -69,15 +75,18 @@ def check_group_choices(parsed: list, groups: dict[str, list[str]]) -> None:
             check_launcher(override.get_value_element_as_str())
         if group not in groups or override.is_delete():
             continue
-        for choice in choices_of(override):
+        for choice in (option for value in choices_of(override) for option in options_in(value)):
             if choice not in groups[group]:
                 raise PruneError(f"unknown {group} {choice!r} (choose from: {', '.join(groups[group])})")
 
 
 def check_launcher(name: str) -> None:
+    """The launcher's plugin must be installed; prunecli's own (``slurm``) is registered with Hydra here."""
     module = LAUNCHER_EXTRAS.get(name)
     if module and importlib.util.find_spec(module) is None:
         raise PruneError(f"hydra/launcher={name} needs hydra-submitit-launcher, which is not installed: pip install 'prunecli[slurm]'")
+    if name == "slurm":
+        importlib.import_module("hydra_plugins.prunecli")
 
 
 def prefix(override: Any) -> str:
@@ -126,7 +135,9 @@ def dotted_keys(container: Any, stem: str = "") -> list[str]:
 
 def closest(key: str, cfg: DictConfig) -> str:
     known = [name for name in dotted_keys(OmegaConf.to_container(cfg, resolve=False)) if not name.startswith("hydra")]
-    match = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    head, leaf = key.split(".")[0], key.rsplit(".", 1)[-1]
+    moved = sorted((name for name in known if name.startswith(head + ".") and name.endswith("." + leaf)), key=len)  # eval.batch_size -> eval.perplexity.batch_size
+    match = moved[:1] or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 

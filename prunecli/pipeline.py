@@ -25,9 +25,11 @@ from prunecli import benchmark
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext
 from prunecli.data import calibration_windows, load_documents
 from prunecli.environment import environment, peak_memory_mb
+from prunecli.outputs import write_csv
 from prunecli.errors import PruneError, RunFailedError
 from prunecli.interrupts import Interrupted
-from prunecli.evaluate import EVALUATORS
+from prunecli import evaluate as evaluation
+from prunecli.evaluate import zeroshot
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS
 from prunecli.methods.masks import check_nm_fits, parse_pattern
@@ -39,6 +41,8 @@ from prunecli.tracking import check_available as check_tracker
 log = logging.getLogger(__name__)
 
 
+# The unpruned model's scores kept beside the pruned model's, as <key>_dense.
+BASELINE_KEYS = ("ppl", "accuracy", "zeroshot", "zeroshot_mean", "zeroshot_mean_norm")
 # Keys that say how to run, not what to compute: not part of the run id.
 BOOKKEEPING_KEYS = ("resume", "resume_root", "save_model", "logger")
 # Groups whose default changes nothing: left out of the run id, so ids from before they existed still match.
@@ -69,7 +73,6 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
     if check_method is not None:
         check_method(cfg.method, float(sparsity))
     ALLOCATIONS.get(cfg.allocation)
-    EVALUATORS.get(cfg.eval.name)
     benchmark.check_settings(cfg.benchmark)
     check_tracker(cfg.logger.name)
     nm = parse_pattern(cfg.get("pattern"), float(sparsity))
@@ -126,7 +129,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         for name, module in layers.items():
             check_nm_fits(weight_matrix(module).shape[1], nm, name)
     with stage(timings, "data"):
-        evaluate = EVALUATORS.get(cfg.eval.name)(loaded, cfg)
+        evaluate = evaluation.build(loaded, cfg)
     windows = None
     if needs_calibration(cfg):
         with stage(timings, "calibration_data"):
@@ -159,9 +162,7 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     if cfg.eval.get("baseline", False) and cfg.method.get("prunes", True):
         with stage(timings, "eval_dense"):
             dense = scored(prepared.evaluate, loaded.model, "the unpruned model")
-            metrics["ppl_dense"] = dense.get("ppl")
-            if "accuracy" in dense:
-                metrics["accuracy_dense"] = dense["accuracy"]
+            metrics.update({f"{key}_dense": dense[key] for key in BASELINE_KEYS if key in dense})
     ctx = PruneContext(
         model=loaded.model, layers=prepared.layers, sparsity=float(cfg.sparsity), nm=prepared.nm,
         options=cfg.method, device=loaded.device, calibration=prepared.calibration,
@@ -187,6 +188,8 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     with stage(timings, "eval"):
         evaluated = "the pruned model" if cfg.method.get("prunes", True) else f"the model (method={cfg.method.name}, not pruned)"
         metrics.update(scored(prepared.evaluate, loaded.model, evaluated))
+    if "zeroshot" in metrics:
+        write_csv(run_dir / "zeroshot.csv", zeroshot.table(metrics), zeroshot.TABLE_COLUMNS)
     with stage(timings, "benchmark"):
         metrics.update(BENCHMARKS.get(cfg.benchmark.name)(BenchmarkContext(loaded, cfg.benchmark, run_dir, layers, unpruned)))
     del unpruned
@@ -253,16 +256,20 @@ def save_model(loaded: LoadedModel, folder: Path) -> None:
 
 
 def eval_description(cfg: DictConfig) -> str:
-    """What the evaluation scores: perplexity on ``data.eval``, an image model's test split, or a
-    text classifier's test split (``eval.max_examples``)."""
-    name = cfg.eval.name
-    if name == "none":
-        return "none"
-    if cfg.model.get("input_shape"):
-        return f"{name} on {data_source(cfg, 'eval')}  eval_samples={cfg.model.dataset.get('eval_samples')}"
-    if name == "accuracy":
-        return f"accuracy on the task's test split  max_examples={cfg.eval.get('max_examples')}"
-    return f"{name} on {data_source(cfg, 'eval')}  max_eval_tokens={cfg.data.max_eval_tokens}"
+    """What the evaluation scores: perplexity on ``data.eval``, zero-shot tasks, an image model's
+    test split, or a text classifier's test split (``eval.accuracy.max_examples``)."""
+    parts = []
+    for name in evaluation.selected(cfg):
+        if name == "zeroshot":
+            shot = cfg.eval.zeroshot
+            parts.append(f"zeroshot {','.join(shot.tasks)} ({shot.source})  limit={shot.limit} num_fewshot={shot.num_fewshot}")
+        elif cfg.model.get("input_shape"):
+            parts.append(f"{name} on {data_source(cfg, 'eval')}  eval_samples={cfg.model.dataset.get('eval_samples')}")
+        elif name == "accuracy":
+            parts.append(f"accuracy on the task's test split  max_examples={cfg.eval.accuracy.max_examples}")
+        else:
+            parts.append(f"{name} on {data_source(cfg, 'eval')}  max_eval_tokens={cfg.data.max_eval_tokens}")
+    return "; ".join(parts) or "none"
 
 
 def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
@@ -279,9 +286,18 @@ def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     ] + ([("finetune", f"{finetune.kind_of(cfg)}  schedule={schedules.describe(cfg)}")] if finetune.kind_of(cfg) != "none" else [])
 
 
+def zeroshot_table_rows(metrics: dict) -> list[dict]:
+    """Per zero-shot task: examples, acc and acc_norm of the pruned model and of the unpruned baseline."""
+    rows = []
+    for row in zeroshot.table(metrics):
+        rows.append({"task": row["task"], "split": row["split"], "examples": row["examples"],
+                     **{key: "" if row.get(key) is None else row[key] for key in ("acc_dense", "acc", "acc_norm_dense", "acc_norm")}})
+    return rows
+
+
 def result_table_rows(metrics: dict) -> list[tuple[str, str]]:
     """The key figures for the console summary."""
     keys = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "sparsity_all_params",
             "params_total", "params_nonzero", "params_removed", "params_removed_frac", "ppl_dense", "ppl_before_finetune", "ppl",
-            "accuracy_dense", "accuracy_before_finetune", "accuracy", "f1", "finetune_s", "prefill_ms", "prefill_speedup", "decode_ms", "decode_speedup", "flops_ratio", "prune_s", "eval_s", "peak_memory_mb"]
+            "zeroshot_mean_dense", "zeroshot_mean", "zeroshot_mean_norm_dense", "zeroshot_mean_norm", "accuracy_dense", "accuracy_before_finetune", "accuracy", "f1", "finetune_s", "prefill_ms", "prefill_speedup", "decode_ms", "decode_speedup", "flops_ratio", "prune_s", "eval_s", "peak_memory_mb"]
     return [(key, console.format_value(metrics[key])) for key in keys if metrics.get(key) is not None]

@@ -141,8 +141,7 @@ def refuse_on_error(check):
         except PruneError as err:
             from prunecli import console
 
-            console.error(str(err))
-            raise SystemExit(2) from None
+            console.exit_with(err)
 
     return guarded
 

@@ -179,7 +179,7 @@ def test_unknown_experiment_lists_every_preset(tmp_path, corpus):
 
 @pytest.mark.parametrize("overrides, described", [
     ([], "perplexity on wiki_sample  max_eval_tokens=16384"),
-    (["model=minilm_classifier", "eval=accuracy", "eval.max_examples=100"], "accuracy on the task's test split  max_examples=100"),
+    (["model=minilm_classifier", "eval=accuracy", "eval.accuracy.max_examples=100"], "accuracy on the task's test split  max_examples=100"),
     (["model=small_cnn", "eval=accuracy"], "accuracy on fashion_mnist  eval_samples="),
     (["eval=none"], "none"),
 ])

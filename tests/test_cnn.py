@@ -358,10 +358,10 @@ def test_accuracy_evaluator_counts_correct_predictions(tmp_path):
     folder = fake_fashion_mnist(tmp_path / "fmnist", levels, labels)
     loaded = LoadedModel(Oracle(), None, "oracle", "image_classifier", CPU, torch.float32, (1, 28, 28))
     cfg = OmegaConf.create({"model": {"dataset": {"source": "fashion_mnist", "path": str(folder), "eval_samples": None}},
-                            "eval": {"name": "accuracy", "batch_size": 5}})
+                            "eval": {"accuracy": {"batch_size": 5, "max_examples": None}}})
     metrics = EVALUATORS.get("accuracy")(loaded, cfg)(loaded.model)
     assert metrics["accuracy"] == pytest.approx(8 / 12) and metrics["eval_samples"] == 12
-    cfg.eval.max_examples = 8
+    cfg.eval.accuracy.max_examples = 8
     assert EVALUATORS.get("accuracy")(loaded, cfg)(loaded.model)["accuracy"] == pytest.approx(7 / 8)
     assert accuracy_f1([1, 0, 1, 1], [1, 0, 0, 1], 2) == {"accuracy": 0.75, "f1": pytest.approx(0.8)}
     with pytest.raises(PruneError, match="eval=accuracy has no evaluator for model x, a causal_lm"):

@@ -30,3 +30,19 @@ def test_default_model_magnitude_run(tmp_path):
     assert metrics["prefill_ms"] > 0 and metrics["environment"]["torch"]
     row = pd.read_csv(run_dir / "results.csv").iloc[0]
     assert row["status"] == "completed" and row["ppl"] == pytest.approx(metrics["ppl"])
+
+
+def test_default_zeroshot_wanda_run_prints_the_task_table_within_five_minutes(tmp_path):
+    """The issue's command as a user types it: Wanda 50%, the seven packaged tasks, the dense baseline."""
+    pytest.importorskip("lm_eval", reason="eval=zeroshot needs lm-evaluation-harness (pip install 'prunecli[zeroshot]')")
+    result = run_prune("run", "method=wanda", "sparsity=0.5", "eval=zeroshot", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "zero-shot accuracy (lm-evaluation-harness)" in result.stdout
+    (run_dir,) = [p for p in (tmp_path / "outputs" / "runs").iterdir()]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    tasks = ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
+    assert list(metrics["zeroshot"]) == tasks and all(row["examples"] == 40 for row in metrics["zeroshot"].values())
+    for task in tasks:  # each task row appears in the printed table
+        assert any(line.lstrip("│ ").startswith(task) for line in result.stdout.splitlines()), task
+    assert 0.3 < metrics["zeroshot_mean_dense"] < 0.6 and metrics["zeroshot_mean"] > 0.25
+    assert metrics["total_s"] < 300, f"the default zero-shot Wanda run took {metrics['total_s']:.0f} s (stages: {metrics['timings']})"

@@ -261,7 +261,7 @@ def test_structured_shrunk_model_just_trains(tmp_path, corpus):
 
 
 def test_classifier_run_reports_accuracy_and_f1(tmp_path):
-    _, metrics, rows = run_inprocess(["model=tiny_bert_classifier", "benchmark=none", "eval=accuracy", "eval.max_examples=64",
+    _, metrics, rows = run_inprocess(["model=tiny_bert_classifier", "benchmark=none", "eval=accuracy", "eval.accuracy.max_examples=64",
                                       "method=magnitude", "sparsity=0.5", "finetune=classifier", "finetune.epochs=null", "finetune.steps=3",
                                       "finetune.max_train_examples=64", "finetune.max_val_examples=32", "finetune.batch_size=16",
                                       "finetune.eval_before=true"], tmp_path)

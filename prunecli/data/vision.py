@@ -134,5 +134,5 @@ def eval_images(dataset_cfg: Any, input_shape: tuple[int, ...] | None = None, ma
     count = max_count if max_count is not None else dataset_cfg.get("eval_samples")
     count = len(labels) if count is None else int(count)
     if count < 1:
-        raise PruneError(f"eval.max_examples / model.dataset.eval_samples must be at least 1 (got {count})")
+        raise PruneError(f"eval.accuracy.max_examples / model.dataset.eval_samples must be at least 1 (got {count})")
     return image_split(dataset_cfg, "test", None if input_shape is None else tuple(input_shape), torch.arange(min(count, len(labels))))

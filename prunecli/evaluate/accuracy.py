@@ -4,7 +4,7 @@
 whose metrics hold at least ``accuracy``:
 
 * ``image_classifier`` (registered here): the test split of ``model.dataset`` (its first
-  ``eval.max_examples`` images if set, else ``model.dataset.eval_samples``);
+  ``eval.accuracy.max_examples`` images if set, else ``model.dataset.eval_samples``);
 * ``sequence_classifier``: registered by :mod:`prunecli.finetune.classifier`, imported on
   first use (:data:`TASK_MODULES`).
 
@@ -90,8 +90,8 @@ def classifier_logits(model: torch.nn.Module, inputs: torch.Tensor, batch_size: 
 def image_classifier(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
     from prunecli.data.vision import eval_images, fit_to
 
-    images, labels = eval_images(cfg.model.dataset, None, cfg.eval.get("max_examples"))  # native size, fitted per batch
-    batch_size = int(cfg.eval.get("batch_size", 64))
+    images, labels = eval_images(cfg.model.dataset, None, cfg.eval.accuracy.max_examples)  # native size, fitted per batch
+    batch_size = int(cfg.eval.accuracy.batch_size)
     fit = lambda batch: fit_to(batch, loaded.input_shape)  # noqa: E731
     return lambda model: classification_metrics(classifier_logits(model, images, batch_size, loaded.device, fit), labels)
 

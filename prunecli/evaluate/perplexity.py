@@ -44,4 +44,4 @@ def perplexity_evaluator(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], d
     if loaded.task != "causal_lm":
         raise PruneError(f"eval=perplexity needs a causal LM, but model {loaded.name} is an {loaded.task} (use eval=none)")
     windows = eval_windows(loaded.tokenizer, load_documents(cfg.data.eval), cfg.data.seqlen, cfg.data.max_eval_tokens)
-    return lambda model: perplexity(model, windows, cfg.eval.batch_size, loaded.device)
+    return lambda model: perplexity(model, windows, cfg.eval.perplexity.batch_size, loaded.device)

@@ -84,12 +84,12 @@ def score(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], b
 
 @TASK_EVALUATORS.register("sequence_classifier")
 def sequence_classifier_accuracy(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
-    """Accuracy and F1 on the review test split (``eval.max_examples``: only the first N)."""
+    """Accuracy and F1 on the review test split (``eval.accuracy.max_examples``: only the first N)."""
     test = splits_for(cfg)["test"]
-    if cfg.eval.get("max_examples"):
-        test = test[: int(cfg.eval.max_examples)]
+    if cfg.eval.accuracy.max_examples:
+        test = test[: int(cfg.eval.accuracy.max_examples)]
     max_length = int(data_options(cfg)["max_length"])
-    batch_size = int(cfg.eval.get("batch_size", 64))
+    batch_size = int(cfg.eval.accuracy.batch_size)
     return lambda model: score(model, loaded.tokenizer, test, batch_size, max_length, loaded.device)
 
 
