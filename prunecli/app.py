@@ -164,7 +164,8 @@ class SweepSummary(Callback):
 
     A job folder belongs to this sweep when Hydra wrote its ``.hydra/`` after the sweep started
     (folders of an earlier sweep into the same directory are left out); a ``completed`` record
-    written before the start was found finished and is counted as ``skipped``.
+    older than the job's ``.hydra/`` (which Hydra rewrites when the job starts) was found finished
+    and is counted as ``skipped``.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -179,8 +180,8 @@ class SweepSummary(Callback):
                 if stamp.exists() and stamp.stat().st_mtime < started:
                     continue
                 record = json.loads(metrics.read_text())
-                if record.get("status") == "completed" and metrics.stat().st_mtime < started:
-                    record["status"] = "skipped"
+                if record.get("status") == "completed" and stamp.exists() and metrics.stat().st_mtime <= stamp.stat().st_mtime:
+                    record["status"] = "skipped"  # finished before Hydra started this job in its folder
             except (OSError, json.JSONDecodeError):
                 continue
             records.append(record)
