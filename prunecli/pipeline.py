@@ -20,21 +20,20 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunecli import console, finetune, schedules
-from prunecli import benchmark
+from prunecli import benchmark, console, finetune, schedules
+from prunecli import evaluate as evaluation
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext
 from prunecli.data import calibration_windows, load_documents
 from prunecli.environment import environment, peak_memory_mb
-from prunecli.outputs import write_csv
-from prunecli.errors import PruneError, RunFailedError
-from prunecli.interrupts import Interrupted
-from prunecli import evaluate as evaluation
+from prunecli.errors import PruneError, RunFailedError, require_int
 from prunecli.evaluate import zeroshot
+from prunecli.interrupts import Interrupted
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS
 from prunecli.methods.masks import check_nm_fits, parse_pattern
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models import LoadedModel, load_model, resolve_device, resolve_dtype
+from prunecli.outputs import write_csv
 from prunecli.sparsity import sparsity_summary
 from prunecli.tracking import check_available as check_tracker
 
@@ -64,9 +63,7 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
     for key in ("seqlen", "nsamples"):
         if not isinstance(cfg.data[key], int) or cfg.data[key] < 1:
             raise PruneError(f"data.{key} must be a positive integer (got {cfg.data[key]!r})")
-    max_eval_tokens = cfg.data.get("max_eval_tokens")
-    if max_eval_tokens is not None and (isinstance(max_eval_tokens, bool) or not isinstance(max_eval_tokens, int) or max_eval_tokens < 1):
-        raise PruneError(f"data.max_eval_tokens must be a positive integer, or null for the whole text (got {max_eval_tokens!r})")
+    require_int(cfg.data.get("max_eval_tokens"), "data.max_eval_tokens", null="for the whole text")
     resolve_device(cfg.model.device)
     resolve_dtype(cfg.model.dtype)
     check_method = getattr(METHODS.get(cfg.method.name), "check_options", None)  # structured methods check early

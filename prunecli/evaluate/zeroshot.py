@@ -32,7 +32,7 @@ from typing import Any, Callable
 import torch
 
 from prunecli.assets import packaged_file
-from prunecli.errors import PruneError
+from prunecli.errors import PruneError, require_int
 from prunecli.evaluate import EVALUATORS
 
 log = logging.getLogger(__name__)
@@ -81,15 +81,10 @@ def check_settings(settings: Any) -> None:
     tasks = list(settings.tasks) if settings.tasks is not None and not isinstance(settings.tasks, str) else None
     if not tasks:
         raise PruneError(f"eval.zeroshot.tasks must be a non-empty list of task names (got {settings.tasks!r})")
-    limit = settings.limit
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise PruneError(f"eval.zeroshot.limit must be a positive integer, or null for every example (got {limit!r})")
+    require_int(settings.limit, "eval.zeroshot.limit", null="for every example")
     for key in ("num_fewshot", "seed"):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise PruneError(f"eval.zeroshot.{key} must be an integer >= 0 (got {value!r})")
-    if isinstance(settings.batch_size, bool) or not isinstance(settings.batch_size, int) or settings.batch_size < 1:
-        raise PruneError(f"eval.zeroshot.batch_size must be a positive integer (got {settings.batch_size!r})")
+        require_int(settings[key], f"eval.zeroshot.{key}", minimum=0)
+    require_int(settings.batch_size, "eval.zeroshot.batch_size")
     if settings.source == "packaged":
         if settings.num_fewshot:
             raise PruneError(f"eval.zeroshot.num_fewshot={settings.num_fewshot} draws examples from the tasks' train splits, "

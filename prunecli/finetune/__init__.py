@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from prunecli import schedules
-from prunecli.errors import PruneError, RunFailedError
+from prunecli.errors import PruneError, RunFailedError, require_int
 from prunecli.finetune.loop import DECAYS, PRECISIONS, TrainTask, Trainer
 from prunecli.finetune.masks import MaskKeeper
 
@@ -31,14 +31,6 @@ BEFORE_KEYS = ("ppl", "accuracy", "f1")  # evaluator figures recorded as <key>_b
 
 def kind_of(cfg: Any) -> str:
     return (cfg.get("finetune") or {"name": "none"}).get("name", "none")
-
-
-def _positive_int(o: Any, key: str, allow_none: bool = False) -> None:
-    value = o.get(key)
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PruneError(f"finetune.{key} must be a positive integer (got {value!r})")
 
 
 def validate(cfg: Any) -> None:
@@ -56,11 +48,11 @@ def validate(cfg: Any) -> None:
     if (o.get("steps") is None) == (o.get("epochs") is None):
         raise PruneError(f"set exactly one of finetune.steps and finetune.epochs (got steps={o.get('steps')!r}, epochs={o.get('epochs')!r})")
     for key in ("steps", "epochs"):
-        _positive_int(o, key, allow_none=True)
+        require_int(o.get(key), f"finetune.{key}", null="")
     for key in ("batch_size", "grad_accum", "eval_every"):
-        _positive_int(o, key)
+        require_int(o.get(key), f"finetune.{key}")
     if kind in ("lm", "lora"):
-        _positive_int(o, "seqlen")
+        require_int(o.get("seqlen"), "finetune.seqlen")
     for key in ("weight_decay", "min_lr_ratio", "warmup_ratio"):
         value = o.get(key, 0.0)
         if not isinstance(value, (int, float)) or value < 0:
@@ -79,7 +71,7 @@ def validate(cfg: Any) -> None:
         from prunecli.finetune.lora import check_installed
 
         check_installed()
-        _positive_int(o, "r")
+        require_int(o.get("r"), "finetune.r")
 
 
 @dataclass

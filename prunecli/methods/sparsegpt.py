@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from prunecli.errors import PruneError
+from prunecli.errors import PruneError, require_int
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.masks import check_nm_fits, layerwise_mask, nm_mask
@@ -115,8 +115,7 @@ def check_options(options: Any, sparsity: float) -> None:
     percdamp, blocksize = options.get("percdamp", 0.01), options.get("blocksize", 128)
     if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not percdamp >= 0:
         raise PruneError(f"method.percdamp must be a number >= 0 (got {percdamp!r})")
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise PruneError(f"method.blocksize must be a positive integer (got {blocksize!r})")
+    require_int(blocksize, "method.blocksize")
 
 
 @METHODS.register("sparsegpt")
