@@ -57,6 +57,12 @@ def write_atomic(path: Path, text: str) -> None:
         temp.write_text(text, encoding="utf-8", newline="")
 
 
+def save_figure(figure: Any, path: Path, dpi: int = 150) -> None:
+    """A matplotlib figure to ``path``, atomically, in the format its suffix names."""
+    with replaced_atomically(path) as temp:
+        figure.savefig(temp, dpi=dpi, format=path.suffix.lstrip("."))
+
+
 def jsonable(value: Any) -> Any:
     """NaN/inf become null so the file stays valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):

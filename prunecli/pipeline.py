@@ -28,7 +28,7 @@ from prunecli.environment import environment, peak_memory_mb
 from prunecli.errors import PruneError, RunFailedError, require_int
 from prunecli.evaluate import zeroshot
 from prunecli.interrupts import Interrupted
-from prunecli.methods import METHODS, PruneContext
+from prunecli.methods import METHODS, Method, MethodOptions, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS
 from prunecli.methods.masks import check_nm_fits, parse_pattern
 from prunecli.methods.targets import select_layers, weight_matrix
@@ -55,8 +55,8 @@ def run_id(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def validate(cfg: DictConfig) -> tuple[int, int] | None:
-    """Check the values a user types; return the parsed N:M pattern (None = unstructured)."""
+def validate(cfg: DictConfig) -> tuple[tuple[int, int] | None, MethodOptions]:
+    """Check the values a user types; return the parsed N:M pattern (None = unstructured) and the method's typed options."""
     sparsity = cfg.sparsity
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
         raise PruneError(f"sparsity must be a number in [0, 1) (got {sparsity!r})")
@@ -66,9 +66,7 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
     require_int(cfg.data.get("max_eval_tokens"), "data.max_eval_tokens", null="for the whole text")
     resolve_device(cfg.model.device)
     resolve_dtype(cfg.model.dtype)
-    check_method = getattr(METHODS.get(cfg.method.name), "check_options", None)  # structured methods check early
-    if check_method is not None:
-        check_method(cfg.method, float(sparsity))
+    options = METHODS.get(cfg.method.name).parse(cfg.method)
     ALLOCATIONS.get(cfg.allocation)
     benchmark.check_settings(cfg.benchmark)
     check_tracker(cfg.logger.name)
@@ -76,7 +74,7 @@ def validate(cfg: DictConfig) -> tuple[int, int] | None:
     if nm is not None and cfg.allocation != "uniform":
         raise PruneError(f"allocation={cfg.allocation} gives blocks different sparsities, which an N:M pattern cannot; use allocation=uniform")
     finetune.validate(cfg)  # fine-tune and schedule settings
-    return nm
+    return nm, options
 
 
 @dataclass
@@ -84,6 +82,8 @@ class Prepared:
     """Everything a run needs, built and checked before the first timed stage."""
 
     cfg: DictConfig
+    method: Method
+    options: MethodOptions  # the method's, typed
     loaded: LoadedModel
     layers: dict
     nm: tuple[int, int] | None
@@ -110,7 +110,8 @@ def stage(timings: dict, name: str):
 
 
 def prepare(cfg: DictConfig) -> Prepared:
-    nm = validate(cfg)
+    nm, options = validate(cfg)
+    method = METHODS.get(cfg.method.name)
     timings: dict = {}
     torch.manual_seed(cfg.seed)
     with stage(timings, "load"):
@@ -118,9 +119,8 @@ def prepare(cfg: DictConfig) -> Prepared:
     if loaded.tokenizer is not None and cfg.data.seqlen > loaded.max_length:  # text models only
         raise PruneError(f"data.seqlen={cfg.data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
     benchmark.check_fits(loaded, cfg.benchmark)
-    check_model = getattr(METHODS.get(cfg.method.name), "check_model", None)  # e.g. a GQA ratio the shapes cannot honour
-    if check_model is not None and cfg.method.get("prunes", True):
-        check_model(cfg.method, float(cfg.sparsity), loaded.model)
+    if method.check_model is not None:  # e.g. a GQA ratio the shapes cannot honour
+        method.check_model(options, float(cfg.sparsity), loaded.model)
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore)
     if nm is not None:
         for name, module in layers.items():
@@ -128,7 +128,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     with stage(timings, "data"):
         evaluate = evaluation.build(loaded, cfg)
     windows = None
-    if needs_calibration(cfg):
+    if needs_calibration(cfg, method, options):
         with stage(timings, "calibration_data"):
             if loaded.input_shape is not None:  # image model: (images, labels), a fixed subset of its dataset's train split
                 from prunecli.data.vision import calibration_images
@@ -141,49 +141,46 @@ def prepare(cfg: DictConfig) -> Prepared:
     if finetune.kind_of(cfg) != "none":
         with stage(timings, "finetune_data"):
             plan = finetune.plan(loaded, cfg, windows)
-    return Prepared(cfg, loaded, layers, nm, evaluate, windows, timings, plan)
+    return Prepared(cfg, method, options, loaded, layers, nm, evaluate, windows, timings, plan)
 
 
-def needs_calibration(cfg: DictConfig) -> bool:
-    """Data-aware methods (``method.calibration: true``, or the method's own ``needs_calibration``
-    for options-dependent ones such as structured criteria) and the OWL allocation use calibration windows."""
-    decide = getattr(METHODS.get(cfg.method.name), "needs_calibration", None)
-    method_needs = decide(cfg.method) if decide else bool(cfg.method.get("calibration", False))
-    return method_needs or (cfg.method.get("prunes", True) and cfg.allocation == "owl")
+def needs_calibration(cfg: DictConfig, method: Method, options: MethodOptions) -> bool:
+    """Data-aware methods (the descriptor says, from the options) and the OWL allocation use calibration windows."""
+    return method.needs_calibration(options) or (method.prunes and cfg.allocation == "owl")
 
 
 def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict]]:
     """Run the timed stages; return the run record and the per-layer sparsity table."""
-    cfg, loaded, timings = prepared.cfg, prepared.loaded, prepared.timings
+    cfg, method, loaded, timings = prepared.cfg, prepared.method, prepared.loaded, prepared.timings
     metrics: dict[str, Any] = {}
-    if cfg.eval.get("baseline", False) and cfg.method.get("prunes", True):
+    if cfg.eval.get("baseline", False) and method.prunes:
         with stage(timings, "eval_dense"):
             dense = scored(prepared.evaluate, loaded.model, "the unpruned model")
             metrics.update({f"{key}_dense": dense[key] for key in BASELINE_KEYS if key in dense})
     ctx = PruneContext(
         model=loaded.model, layers=prepared.layers, sparsity=float(cfg.sparsity), nm=prepared.nm,
-        options=cfg.method, device=loaded.device, calibration=prepared.calibration,
+        options=prepared.options, device=loaded.device, calibration=prepared.calibration,
         loaded=loaded, evaluate=prepared.evaluate, run_dir=run_dir,
     )
     params_before = sum(p.numel() for p in loaded.model.parameters())
     # the model before pruning, benchmarked beside the pruned one (speedups as ratios within this run)
-    unpruned = copy.deepcopy(loaded.model) if benchmark.keeps_unpruned_copy(cfg.benchmark) and cfg.method.get("prunes", True) else None
+    unpruned = copy.deepcopy(loaded.model) if benchmark.keeps_unpruned_copy(cfg.benchmark) and method.prunes else None
     with stage(timings, "prune"):
-        if cfg.method.get("prunes", True):
+        if method.prunes:
             ctx.layer_sparsity = ALLOCATIONS.get(cfg.allocation)(ctx, cfg)
         if schedules.is_oneshot(cfg):  # other schedules prune during fine-tuning
-            METHODS.get(cfg.method.name)(ctx)
+            method.prune(ctx)
     # A structured method replaced layers (or whole blocks): count what the model has now.
-    layers = select_layers(loaded.model, cfg.targets, cfg.ignore) if cfg.method.get("structured", False) else prepared.layers
+    layers = select_layers(loaded.model, cfg.targets, cfg.ignore) if method.reshapes else prepared.layers
     if prepared.finetune is not None:
         with stage(timings, "finetune"):
-            metrics.update(prepared.finetune.run(ctx, layers, prepared.evaluate, run_dir))
+            metrics.update(prepared.finetune.run(ctx, layers, prepared.evaluate, run_dir, keep_masks=method.prunes))
         metrics["finetune_s"] = timings["finetune"]
     summary, layer_rows = sparsity_summary(loaded.model, layers)
     summary["params_removed"] = params_before - summary["params_total"]
     summary["params_removed_frac"] = summary["params_removed"] / params_before
     with stage(timings, "eval"):
-        evaluated = "the pruned model" if cfg.method.get("prunes", True) else f"the model (method={cfg.method.name}, not pruned)"
+        evaluated = "the pruned model" if method.prunes else f"the model (method={cfg.method.name}, not pruned)"
         metrics.update(scored(prepared.evaluate, loaded.model, evaluated))
     if "zeroshot" in metrics:
         write_csv(run_dir / "zeroshot.csv", zeroshot.table(metrics), zeroshot.TABLE_COLUMNS)
@@ -226,7 +223,7 @@ def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         "finetune": finetune.kind_of(cfg),
         "schedule": (cfg.get("schedule") or {}).get("name", "oneshot"),
         "pattern": cfg.get("pattern") or "unstructured",
-        "sparsity_target": cfg.sparsity if cfg.method.get("prunes", True) else 0.0,
+        "sparsity_target": cfg.sparsity if METHODS.get(cfg.method.name).prunes else 0.0,
         "run_dir": str(run_dir),
         "overrides": list(overrides),
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -1,4 +1,4 @@
-"""A name -> callable table, so config values select code without if/elif chains."""
+"""A name -> implementation table, so config values select code without if/elif chains."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Callable, Generic, TypeVar
 
 from prunecli.errors import PruneError
 
-T = TypeVar("T", bound=Callable)
+T = TypeVar("T")
 
 
 class Registry(Generic[T]):
@@ -28,6 +28,10 @@ class Registry(Generic[T]):
             return fn
 
         return add
+
+    def add(self, name: str, entry: T) -> T:
+        """Register ``entry`` under ``name`` (for entries that are objects, not decorated functions)."""
+        return self.register(name)(entry)
 
     def get(self, name: str) -> T:
         try:

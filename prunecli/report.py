@@ -18,7 +18,7 @@ import pandas as pd
 
 from prunecli import console
 from prunecli.errors import PruneError
-from prunecli.outputs import write_atomic
+from prunecli.outputs import save_figure, write_atomic
 
 DEFAULT_COLUMNS = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "ppl", "ppl_dense", "prefill_ms", "prune_s", "eval_s"]
 SORT_KEYS = ["model", "method", "pattern", "sparsity_target"]
@@ -292,7 +292,7 @@ def plot_ppl(frame: pd.DataFrame, folder: Path) -> list[Path]:
         axes.plot(line["sparsity_target"], line["ppl"], marker="o", label=" ".join(map(str, key)))
     axes.set(xlabel="target sparsity", ylabel="perplexity", yscale="log", title="Perplexity vs sparsity")
     axes.legend(fontsize="small")
-    figure.savefig(folder / "ppl_vs_sparsity.png", dpi=150)
+    save_figure(figure, folder / "ppl_vs_sparsity.png")
     return [folder / "ppl_vs_sparsity.png", folder / "ppl_vs_sparsity.csv"]
 
 
@@ -323,7 +323,7 @@ def plot_latency(latency: pd.DataFrame, folder: Path) -> list[Path]:
         axes.set(ylabel="median latency (ms)", title=f"{phase}: latency by backend (lower is faster)")
     handles = {label: handle for axes in figure.axes for handle, label in zip(*axes.get_legend_handles_labels())}
     figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=2, fontsize="small")
-    figure.savefig(folder / "latency_by_backend.png", dpi=150)
+    save_figure(figure, folder / "latency_by_backend.png")
     return [folder / "latency_by_backend.png", folder / "latency_by_backend.csv"]
 
 
@@ -354,7 +354,7 @@ def plot_training(frame: pd.DataFrame, folder: Path) -> list[Path]:
     for axes, metric in zip(panels[2:], metrics[:1]):
         axes.set(xlabel="step", ylabel=metric, title=metric, yscale="log" if "ppl" in metric else "linear")
     figure.legend(*panels[0].get_legend_handles_labels(), loc="outside lower center", fontsize="x-small")
-    figure.savefig(folder / "training_curves.png", dpi=150)
+    save_figure(figure, folder / "training_curves.png")
     return [folder / "training_curves.png", folder / "training_curves.csv"]
 
 

@@ -21,29 +21,26 @@ weights: the method's scores are recomputed on the current weights, already-prun
 rank below every live one, and each comparison group (matrix, row, or all matrices for
 ``scope=global``) ends with exactly ``floor(s_t * n)`` zeros (:mod:`prunecli.methods.masks`),
 so the final sparsity is exactly the target. Only methods whose masks can be recomputed this
-way are allowed: ``magnitude`` and ``wanda`` (its ``||X_j||`` are re-collected on the
-current model at every pruning step with ``recollect: true``, else collected once, at the
-first pruning step, and reused).
+way are allowed: those whose descriptor has ``reprune`` -- ``magnitude`` and ``wanda`` (its
+``||X_j||`` are re-collected on the current model at every pruning step with ``recollect:
+true``, else collected once, at the first pruning step, and reused).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
 
-import torch
-
 from prunecli.errors import PruneError
-from prunecli.methods import PruneContext
-from prunecli.methods.masks import apply_mask, global_masks, select_mask
+from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.targets import weight_matrix
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("oneshot", "gradual", "iterative")
 SHAPES = ("linear", "cubic", "exponential")
-REAPPLICABLE = ("magnitude", "wanda")
 
 
 def curve(progress: float, initial: float, final: float, shape: str) -> float:
@@ -103,9 +100,10 @@ def validate(cfg: Any) -> None:
     finetune = (cfg.get("finetune") or {}).get("name", "none")
     if finetune == "none":
         raise PruneError(f"schedule={name} prunes during fine-tuning: choose a fine-tune (finetune=lm, lora or classifier)")
-    if cfg.method.name not in REAPPLICABLE:
+    if METHODS.get(cfg.method.name).reprune is None:
+        reapplicable = [m for m in METHODS.names() if METHODS.get(m).reprune is not None]
         raise PruneError(f"schedule={name} re-applies the method at every pruning step, which method={cfg.method.name} cannot do "
-                         f"(schedules work with: {', '.join(REAPPLICABLE)})")
+                         f"(schedules work with: {', '.join(reapplicable)})")
     if cfg.get("pattern") not in (None, "", "unstructured"):
         raise PruneError(f"schedule={name} raises the sparsity step by step; an N:M pattern has one fixed sparsity (use pattern=unstructured)")
     if cfg.get("allocation", "uniform") != "uniform":
@@ -139,12 +137,14 @@ def resolve_gradual(schedule: Any, total_steps: int) -> tuple[int, int]:
 
 
 class Repruner:
-    """Prunes ``ctx.layers`` to a higher sparsity among the still-nonzero weights (see module doc)."""
+    """Prunes ``ctx.layers`` to a higher sparsity among the still-nonzero weights, through the
+    method's own ``reprune`` (see module doc); ``recollect``: a fresh state at every step."""
 
     def __init__(self, ctx: PruneContext, recollect: bool = False):
         self.ctx = ctx
+        self.reprune = METHODS.get(ctx.options.name).reprune
         self.recollect = recollect
-        self.norms: dict | None = None  # wanda: {layer: InputNorms} from the last collection
+        self.state: dict = {}  # what the method keeps between steps (wanda: the input norms)
         self.seconds = 0.0
         self.events: list[dict] = []
 
@@ -158,63 +158,18 @@ class Repruner:
 
     def prune_to(self, sparsity: float, step: int | None = None) -> None:
         start = time.perf_counter()
-        method = self.ctx.options.name
         was_training = self.ctx.model.training
         self.ctx.model.eval()
+        if self.recollect:
+            self.state = {}
         try:
-            if method == "magnitude":
-                self._magnitude(sparsity)
-            elif method == "wanda":
-                self._wanda(sparsity)
-            else:  # validate() rejects this before the run
-                raise PruneError(f"method={method} cannot be re-applied by a schedule")
+            self.reprune(dataclasses.replace(self.ctx, sparsity=sparsity, layer_sparsity={}), self.state)
         finally:
             self.ctx.model.train(was_training)
         seconds = time.perf_counter() - start
         self.seconds += seconds
         self.events.append({"step": step, "target": sparsity, "actual": self.sparsity(), "seconds": round(seconds, 4)})
         log.info("schedule: pruned to %.4f at step %s (%.2f s)", sparsity, step, seconds)
-
-    def _magnitude(self, sparsity: float) -> None:
-        weights = {name: weight_matrix(module) for name, module in self.ctx.layers.items()}
-        scores = [ranked(w.abs().float(), w) for w in weights.values()]
-        if self.ctx.options.get("scope", "per_layer") == "global":
-            masks = global_masks(scores, sparsity)
-        else:
-            masks = [select_mask(s, sparsity, None, "layer", name) for s, name in zip(scores, weights)]
-        for weight, mask in zip(weights.values(), masks):
-            apply_mask(weight, mask)
-
-    def _wanda(self, sparsity: float) -> None:
-        from prunecli.methods.layerwise import prune_layerwise
-        from prunecli.methods.statistics import InputNorms
-        from prunecli.methods.wanda import wanda_scores
-
-        comparison = self.ctx.options.get("comparison", "row")
-
-        def prune_layer(name: str, module: torch.nn.Module, norms: InputNorms) -> None:
-            weight = weight_matrix(module)
-            apply_mask(weight, select_mask(ranked(wanda_scores(weight, norms), weight), sparsity, None, comparison, name))
-
-        if self.recollect or self.norms is None:
-            collected: dict = {}
-
-            def prune_block(index, layers, stats) -> None:
-                for name, module in layers.items():
-                    collected[name] = stats[name]
-                    prune_layer(name, module, stats[name])
-
-            prune_layerwise(self.ctx, InputNorms, prune_block, "wanda")
-            self.norms = collected
-        else:
-            with torch.no_grad():
-                for name, module in self.ctx.layers.items():
-                    prune_layer(name, module, self.norms[name])
-
-
-def ranked(scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Scores with every already-pruned (zero) weight set below all others (scores are >= 0)."""
-    return scores.masked_fill(weight == 0, -1.0)
 
 
 def describe(cfg: Any) -> str:

@@ -194,7 +194,7 @@ def test_semi_structured_on_gpu_matches_dense():
 def head_masked(arch: str) -> nn.Module:
     model = tiny_model(arch)
     options = OmegaConf.create({"name": "head_mask", "criterion": "l2", "allocation": "per_layer", "gqa": "kv_groups"})
-    METHODS.get("head_mask")(PruneContext(model, {}, 0.5, None, options, CPU))
+    METHODS.get("head_mask").prune(PruneContext(model, {}, 0.5, None, options, CPU))
     return model
 
 
@@ -303,7 +303,7 @@ def test_structured_speedup_reference_is_the_unpruned_model(tmp_path):
     unpruned = tiny_model("llama")
     model = copy.deepcopy(unpruned)
     options = OmegaConf.create({"name": "ffn", "criterion": "l2", "allocation": "per_layer", "calibration_batch_size": 2})
-    METHODS.get("ffn")(PruneContext(model, {}, 0.5, None, options, CPU))
+    METHODS.get("ffn").prune(PruneContext(model, {}, 0.5, None, options, CPU))
     metrics = run_benchmark(tmp_path, model, unpruned, backends=["dense"], phases=["prefill"], disk_formats=[])
     rows = {r["backend"]: r for r in read_rows(tmp_path / "latency.csv")}
     assert metrics["flops_ratio"] == pytest.approx(float(rows["dense"]["theoretical_speedup"]))

@@ -292,7 +292,7 @@ def test_unsupported_modules_and_untraceable_models_are_named():
     with pytest.raises(PruneError, match="criterion bn_gamma: no BatchNorm follows the filters of conv1"):
         plan(context(FlattenHead().eval(), 0.5, calibration=(images((3, 11, 11)), torch.zeros(4, dtype=torch.long)), criterion="bn_gamma"))
     with pytest.raises(PruneError, match="unknown filter criterion 'nope'"):
-        METHODS.get("filters").check_options(OmegaConf.create({"name": "filters", "criterion": "nope"}), 0.5)
+        METHODS.get("filters").parse(OmegaConf.create({"name": "filters", "criterion": "nope"}))
 
 
 def test_shrunk_model_saves_and_reloads_with_identical_logits(tmp_path):
@@ -381,7 +381,7 @@ def test_missing_dataset_names_the_apt_package(tmp_path):
 
 
 def sensitivity_context(model, analysis, evaluate, run_dir, shape=None):
-    options = OmegaConf.create({"name": "sensitivity", "prunes": False, "analysis": analysis})
+    options = OmegaConf.create({"name": "sensitivity", "analysis": analysis})
     loaded = LoadedModel(model, None, "m", "image_classifier", CPU, torch.float32, shape) if shape else None
     return PruneContext(model, {}, 0.0, None, options, CPU, evaluate=evaluate, run_dir=run_dir, loaded=loaded)
 
@@ -395,7 +395,7 @@ def test_cnn_sensitivity_prunes_one_group_at_a_time_and_writes_table_and_plot(tm
     evaluate = lambda m: classification_metrics(m(x).detach(), labels)  # noqa: E731
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = sensitivity_context(model, {"method": "filters", "ratios": [0.25, 0.5], "metric": "auto", "options": {"criterion": "l2"}}, evaluate, tmp_path, (1, 28, 28))
-    METHODS.get("sensitivity")(ctx)
+    METHODS.get("sensitivity").prune(ctx)
     rows = (tmp_path / "sensitivity.csv").read_text().splitlines()
     assert rows[0] == "unit,ratio,units_total,units_removed,params_removed,metric,dense,value,delta,drop"
     assert [r.split(",")[:4] for r in rows[1:3]] == [["stem.0", "0.25", "16", "4"], ["stem.0", "0.5", "16", "8"]]
@@ -430,8 +430,8 @@ def test_sensitivity_config_composes_with_its_top_level_options():
         cfg = compose("run", overrides=["model=small_cnn", "eval=accuracy", "method=sensitivity", "sensitivity.method=filters",
                                         "sensitivity.ratios=[0.25,0.5]", "+sensitivity.options.criterion=taylor"])
     assert cfg.method.analysis.ratios == [0.25, 0.5] and cfg.method.name == "sensitivity"
-    validate(cfg)
-    assert needs_calibration(cfg)  # taylor needs the calibration images
+    _, options = validate(cfg)
+    assert needs_calibration(cfg, METHODS.get("sensitivity"), options)  # taylor needs the calibration images
     cfg.sensitivity.ratios = [0.5, 1.5]
     with pytest.raises(PruneError, match=r"sensitivity.ratios must be a non-empty list of numbers in \(0, 1\)"):
         validate(cfg)

@@ -15,7 +15,8 @@ from prunecli.data import calibration_windows
 from prunecli.data.reviews import review_splits
 from prunecli.errors import PruneError, RunFailedError
 from prunecli.finetune import validate as validate_finetune
-from prunecli.finetune.classifier import f1_score, score
+from prunecli.evaluate.accuracy import f1_score
+from prunecli.finetune.classifier import score
 from prunecli.finetune.lm import calibration_spans, lm_loss, mean_ppl, training_windows, window_batches
 from prunecli.finetune.loop import TrainTask, Trainer, lr_factor
 from prunecli.finetune.masks import MaskKeeper
@@ -36,7 +37,7 @@ def options(**overrides):
 def pruned_llama(sparsity=0.5):
     model = tiny_model("llama")
     layers = select_layers(model, "all", IGNORE)
-    METHODS.get("magnitude")(PruneContext(model, layers, sparsity, None, OmegaConf.create({"name": "magnitude"}), CPU))
+    METHODS.get("magnitude").prune(PruneContext(model, layers, sparsity, None, OmegaConf.create({"name": "magnitude"}), CPU))
     return model, layers
 
 

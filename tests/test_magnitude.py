@@ -26,7 +26,7 @@ def quantize_(model, levels=8):
 def prune(model, sparsity, scope="per_layer", nm=None, targets="all", ignore=IGNORE):
     layers = select_layers(model, targets, ignore)
     ctx = PruneContext(model, layers, sparsity, nm, OmegaConf.create({"name": "magnitude", "scope": scope}), torch.device("cpu"))
-    METHODS.get("magnitude")(ctx)
+    METHODS.get("magnitude").prune(ctx)
     return layers
 
 

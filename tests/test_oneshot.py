@@ -63,7 +63,7 @@ def test_wanda_mask_equals_the_formula_computed_directly(arch):
     reference = tiny_model(arch).double()
     expected = slow_wanda_masks(reference, windows, 0.5)
     model = tiny_model(arch).double()
-    METHODS.get("wanda")(context(model, "wanda", windows))
+    METHODS.get("wanda").prune(context(model, "wanda", windows))
     for name, module in select_layers(model, "all", IGNORE).items():
         assert torch.equal(weight_matrix(module) == 0, expected[name]), name
 
@@ -99,6 +99,50 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(sparsity, nm):
     assert error(pruned) < error(wanda) < error(magnitude)
 
 
+def sparsegpt_paper(W, H, sparsity, blocksize, percdamp=0.01, nm=None):
+    """Algorithm 1 of Frantar & Alistarh (2023), line by line, in float64: the oracle for
+    :func:`sparsegpt_layer`. ``Hinv`` = upper Cholesky factor of ``(H + lambda I)^-1``; the mask of
+    each block of ``blocksize`` columns (the paper's B_s = B) prunes the ``floor(p * numel)`` lowest
+    ``w^2 / [Hinv]_cc^2`` of the block; with N:M (B_s = M) the M - N lowest of each row's M columns,
+    chosen when the loop reaches them."""
+    W, H = W.double().clone(), H.double()
+    rows, cols = W.shape
+    H = H + percdamp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
+    M = torch.ones_like(W, dtype=torch.bool)
+    for i in range(0, cols, blocksize):
+        B = min(blocksize, cols - i)
+        E = torch.zeros(rows, B, dtype=W.dtype)
+        d = torch.diag(Hinv)
+        if nm is None:
+            saliency = (W[:, i:i + B] ** 2 / d[i:i + B] ** 2).flatten()
+            block = torch.ones(rows * B, dtype=torch.bool)
+            block[saliency.argsort()[: int(sparsity * saliency.numel())]] = False
+            M[:, i:i + B] = block.reshape(rows, B)
+        for j in range(i, i + B):
+            if nm is not None and (j - i) % nm[1] == 0:  # N:M: each group's mask from the weights as they are when reached
+                n, m = nm
+                saliency = W[:, j:j + m] ** 2 / d[j:j + m] ** 2
+                M[:, j:j + m].scatter_(1, saliency.argsort(dim=1)[:, : m - n], False)
+            E[:, j - i] = W[:, j] / Hinv[j, j]
+            E[:, j - i] = (~M[:, j]).double() * E[:, j - i]
+            W[:, j:i + B] -= torch.outer(E[:, j - i], Hinv[j, j:i + B])
+        W[:, i + B:] -= E @ Hinv[i:i + B, i + B:]
+    return W * M
+
+
+@pytest.mark.parametrize("sparsity, nm, blocksize", [(0.5, None, 8), (0.7, None, 16), (0.5, (2, 4), 8)])
+def test_sparsegpt_equals_the_papers_algorithm_on_a_small_layer(sparsity, nm, blocksize):
+    X = correlated_inputs(features=24, tokens=256, seed=1)
+    W = torch.randn(6, 24, generator=torch.Generator().manual_seed(2))
+    H = 2 * X.t() @ X / len(X)
+    expected = sparsegpt_paper(W, H, sparsity, blocksize, nm=nm)
+    pruned = W.clone()
+    sparsegpt_layer(pruned, H, sparsity, nm, blocksize=blocksize)
+    assert torch.equal(pruned == 0, expected == 0)
+    torch.testing.assert_close(pruned.double(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_sparsegpt_handles_dead_inputs_and_keeps_exact_nm():
     X = correlated_inputs(features=32)
     X[:, 5] = 0  # a dead input feature
@@ -106,7 +150,8 @@ def test_sparsegpt_handles_dead_inputs_and_keeps_exact_nm():
     pruned = W.clone()
     sparsegpt_layer(pruned, 2 * X.t() @ X / len(X), 0.5, (2, 4))
     assert torch.all(pruned[:, 5] == 0)
-    assert torch.all((pruned != 0).reshape(8, -1, 4).sum(-1) <= 2)
+    live = (pruned != 0).reshape(8, -1, 4).sum(-1)
+    assert torch.all(live[:, 1] <= 2) and torch.all(live[:, [0] + list(range(2, 8))] == 2)  # group 1 holds the dead input
     assert torch.isfinite(pruned).all()
 
 
@@ -128,10 +173,10 @@ def test_every_family_prunes_to_exact_sparsity(arch, method):
     model = tiny_model(arch)
     windows = torch.randint(0, 97, (4, 16))
     ctx = context(model, method, windows, sparsity=0.5, nm=(2, 4))
-    METHODS.get(method)(ctx)
+    METHODS.get(method).prune(ctx)
     for module in ctx.layers.values():
         weight = weight_matrix(module)
-        assert torch.all((weight == 0).reshape(weight.shape[0], -1, 4).sum(-1) >= 2)
+        assert torch.all((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2)  # exactly N kept per group of M
     assert len(ctx.stats["calibration"][method]["block_seconds"]) == 2
 
 
@@ -139,8 +184,8 @@ def test_pruned_block_outputs_feed_the_next_block():
     """Batching windows through blocks gives the same result as one window at a time."""
     windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
     one, many = tiny_model("llama").double(), tiny_model("llama").double()
-    METHODS.get("wanda")(context(one, "wanda", windows, calibration_batch_size=1))
-    METHODS.get("wanda")(context(many, "wanda", windows))
+    METHODS.get("wanda").prune(context(one, "wanda", windows, calibration_batch_size=1))
+    METHODS.get("wanda").prune(context(many, "wanda", windows))
     for (name, a), b in zip(one.named_parameters(), many.parameters()):
         assert torch.equal(a == 0, b == 0), name
 
@@ -157,7 +202,7 @@ def test_layers_outside_the_blocks_are_refused():
     layers = select_layers(model, "all", [])  # includes lm_head
     ctx = PruneContext(model, layers, 0.5, None, OmegaConf.create({"name": "wanda"}), torch.device("cpu"), calibration=torch.randint(0, 97, (2, 8)))
     with pytest.raises(PruneError, match="lm_head is outside the transformer blocks"):
-        METHODS.get("wanda")(ctx)
+        METHODS.get("wanda").prune(ctx)
 
 
 def test_owl_keeps_the_mean_and_favours_outlier_blocks():

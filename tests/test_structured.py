@@ -6,6 +6,7 @@ columns / heads zeroed, or the blocks skipped): the shrunk model must give the s
 
 import copy
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -19,7 +20,7 @@ from prunecli.models.hub import from_pretrained
 from prunecli.models.layout import blocks_of
 from prunecli.models.tiny import tiny_tokenizer
 from prunecli.structured.groups import head_counts, family_of
-from prunecli.structured.methods import apply, check_model, check_options, needs_calibration, plan
+from prunecli.structured.methods import apply, check_model, plan
 from tests.conftest import REPO, TINY_CONFIGS, run_prune, tiny_model
 
 WINDOWS = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
@@ -203,7 +204,7 @@ def test_removed_blocks_equal_skipped_blocks(arch):
     model = deeper(arch)
     removed = copy.deepcopy(model)
     ctx = context(removed, 0.5, name="layers", criterion="block_influence")
-    METHODS.get("layers")(ctx)
+    METHODS.get("layers").prune(ctx)
     doomed = ctx.stats["structured"]["removed_blocks"]
     influence = torch.tensor(ctx.stats["structured"]["block_influence"])
     assert doomed == sorted(influence.argsort(stable=True)[:2].tolist())
@@ -219,7 +220,7 @@ def test_removed_blocks_equal_skipped_blocks(arch):
 
 def test_explicit_layers_to_remove_and_generation_with_cache():
     model = deeper("llama")
-    METHODS.get("layers")(context(model, 0.0, windows=None, name="layers", layers_to_remove=[0, 2]))
+    METHODS.get("layers").prune(context(model, 0.0, windows=None, name="layers", layers_to_remove=[0, 2]))
     assert [b.self_attn.layer_idx for b in blocks_of(model)[1]] == [0, 1]
     out = model.generate(WINDOWS[:1, :4], max_new_tokens=3, do_sample=False)  # the KV cache uses the new indices
     assert out.shape == (1, 7)
@@ -281,7 +282,7 @@ def test_removed_blocks_reload_with_plain_transformers(tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = deeper("llama")
-    METHODS.get("layers")(context(model, 0.0, windows=None, name="layers", layers_to_remove=[1]))
+    METHODS.get("layers").prune(context(model, 0.0, windows=None, name="layers", layers_to_remove=[1]))
     folder, reloaded = save_and_reload(model, tmp_path)
     plain = AutoModelForCausalLM.from_pretrained(folder).eval()
     torch.testing.assert_close(logits(plain), logits(model), atol=1e-5, rtol=0)
@@ -376,23 +377,24 @@ def test_bad_options_give_one_line_errors(arch, kind, options, message):
 
 
 def test_options_are_checked_before_anything_is_loaded():
-    """``pipeline.validate`` calls ``check_options``; the pipeline builds calibration data when the options need it."""
-    options = OmegaConf.load(REPO / "configs" / "method" / "heads.yaml")
-    check_options(options, 0.5)
-    assert not needs_calibration(options)
-    assert needs_calibration(OmegaConf.merge(options, {"criterion": "taylor"}))
-    assert needs_calibration(OmegaConf.merge(options, {"bias_compensation": True}))
-    layers = OmegaConf.load(REPO / "configs" / "method" / "layers.yaml")
-    assert needs_calibration(layers) and not needs_calibration(OmegaConf.merge(layers, {"layers_to_remove": [1]}))
+    """``pipeline.validate`` parses the options with the method's descriptor; the descriptor says
+    when the options need calibration data."""
+    heads, layers = METHODS.get("heads"), METHODS.get("layers")
+    options = heads.parse(OmegaConf.load(REPO / "configs" / "method" / "heads.yaml"))
+    assert not heads.needs_calibration(options)
+    assert heads.needs_calibration(dataclasses.replace(options, criterion="taylor"))
+    assert heads.needs_calibration(dataclasses.replace(options, bias_compensation=True))
+    explicit = layers.parse(OmegaConf.load(REPO / "configs" / "method" / "layers.yaml"))
+    assert layers.needs_calibration(explicit) and not layers.needs_calibration(dataclasses.replace(explicit, layers_to_remove=[1]))
     with pytest.raises(PruneError, match="criterion entropy scores heads only, not ffn"):
-        check_options(OmegaConf.merge(OmegaConf.load(REPO / "configs" / "method" / "ffn.yaml"), {"criterion": "entropy"}), 0.5)
-    assert getattr(METHODS.get("layers"), "check_options") is check_options
+        METHODS.get("ffn").parse(OmegaConf.merge(OmegaConf.load(REPO / "configs" / "method" / "ffn.yaml"), {"criterion": "entropy"}))
+    assert heads.check_model is check_model and layers.check_model is None and heads.reshapes and not METHODS.get("head_mask").reshapes
 
 
 def test_head_mask_zeroes_what_heads_removes():
     masked, removed = tiny_model("gpt2"), tiny_model("gpt2")
-    METHODS.get("head_mask")(context(masked, 0.5, windows=None, name="head_mask"))
-    METHODS.get("heads")(context(removed, 0.5, windows=None))
+    METHODS.get("head_mask").prune(context(masked, 0.5, windows=None, name="head_mask"))
+    METHODS.get("heads").prune(context(removed, 0.5, windows=None))
     assert n_params(masked) == n_params(tiny_model("gpt2")) > n_params(removed)
     torch.testing.assert_close(logits(removed), logits(masked), atol=1e-5, rtol=0)
 
@@ -418,7 +420,7 @@ def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_pat
 @pytest.mark.parametrize("blocks, message", [([0, 7], r"block indices must be in 0\.\.1"), ([0, 1], "would remove every block")])
 def test_bad_layers_to_remove_are_refused(blocks, message):
     with pytest.raises(PruneError, match=message):
-        METHODS.get("layers")(context(tiny_model("llama"), 0.0, windows=None, name="layers", layers_to_remove=blocks))
+        METHODS.get("layers").prune(context(tiny_model("llama"), 0.0, windows=None, name="layers", layers_to_remove=blocks))
 
 
 @pytest.mark.parametrize("method, expected", [("ffn", 8), ("heads", 8), ("head_mask", 8), ("layers", 8), ("wanda", 64), ("magnitude", 64)])

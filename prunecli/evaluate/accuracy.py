@@ -35,22 +35,31 @@ TASK_EVALUATORS = ACCURACY_TASKS  # alias
 TASK_MODULES = {"sequence_classifier": "prunecli.finetune.classifier"}
 
 
+def f1_score(predictions: Sequence[int], labels: Sequence[int], num_classes: int = 2) -> float:
+    """``F1_c = 2 tp / (2 tp + fp + fn)`` (0 without a true positive): of the positive class 1 for
+    two classes, else the macro mean over the classes present in the labels or the predictions
+    (scikit-learn's ``average="macro"``)."""
+    predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
+
+    def f1(c: int) -> float:
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
+        wrong = sum((p == c) != (y == c) for p, y in zip(predictions, labels))  # fp + fn
+        return 2 * tp / (2 * tp + wrong) if tp else 0.0
+
+    if num_classes <= 2:
+        return f1(1)
+    present = sorted(set(predictions) | set(labels))
+    return sum(f1(c) for c in present) / len(present) if present else 0.0
+
+
 def accuracy_f1(predictions: Sequence[int], labels: Sequence[int], num_labels: int = 2) -> dict:
-    """``accuracy`` and ``f1``: F1 of class 1 (the positive class) for 2 labels, else the macro F1."""
+    """``accuracy`` and ``f1`` (:func:`f1_score`)."""
     predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     n = len(labels)
     accuracy = sum(p == y for p, y in zip(predictions, labels)) / n if n else 0.0
-
-    def f1_of(c: int) -> float:
-        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
-        fp = sum(p == c and y != c for p, y in zip(predictions, labels))
-        fn = sum(p != c and y == c for p, y in zip(predictions, labels))
-        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-    f1 = f1_of(1) if num_labels == 2 else sum(f1_of(c) for c in range(num_labels)) / max(num_labels, 1)
-    return {"accuracy": accuracy, "f1": f1}
+    return {"accuracy": accuracy, "f1": f1_score(predictions, labels, num_labels)}
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:

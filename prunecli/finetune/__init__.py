@@ -86,8 +86,10 @@ class FineTune:
     gradual: tuple[int, int] | None = None  # (start_step, end_step)
     extra: dict = field(default_factory=dict)
 
-    def run(self, ctx: Any, layers: dict, evaluate: Callable[[torch.nn.Module], dict], run_dir: Path | None) -> dict:
-        """Train ``ctx.model`` in place; return the figures for metrics.json."""
+    def run(self, ctx: Any, layers: dict, evaluate: Callable[[torch.nn.Module], dict], run_dir: Path | None,
+            keep_masks: bool = True) -> dict:
+        """Train ``ctx.model`` in place; return the figures for metrics.json. ``keep_masks``: the
+        zeros of ``layers`` are pruned weights to keep (False for a method that prunes nothing)."""
         cfg, o = self.cfg, self.cfg.finetune
         model = ctx.model
         schedule = cfg.schedule.name if cfg.get("schedule") else "oneshot"
@@ -95,7 +97,7 @@ class FineTune:
         if o.get("eval_before", True) and schedule == "oneshot":
             before = evaluate(model)
             metrics.update({f"{key}_before_finetune": before[key] for key in BEFORE_KEYS if key in before})
-        keeper = MaskKeeper(layers if cfg.method.get("prunes", True) else {})  # a dense baseline has no masks to keep
+        keeper = MaskKeeper(layers if keep_masks else {})  # a dense baseline has no masks to keep
         trainer = Trainer(o, ctx.device, run_dir, self.task.metric)
         train_model = model
         if self.kind == "lora":

@@ -44,22 +44,6 @@ def encode(tokenizer: Any, texts: Sequence[str], max_length: int, device: torch.
     return {key: value.to(device) for key, value in encoded.items()}
 
 
-def f1_score(predictions: Sequence[int], labels: Sequence[int], num_classes: int = 2) -> float:
-    """F1 of the positive class (1) for two classes, else the macro F1 over the classes present
-    in the labels or the predictions."""
-    predictions, labels = [int(p) for p in predictions], [int(y) for y in labels]
-
-    def f1(c: int) -> float:
-        tp = sum(p == c and y == c for p, y in zip(predictions, labels))
-        wrong = sum((p == c) != (y == c) for p, y in zip(predictions, labels))
-        return 2 * tp / (2 * tp + wrong) if tp + wrong else 0.0
-
-    if num_classes <= 2:
-        return f1(1)
-    present = sorted(set(predictions) | set(labels))
-    return sum(f1(c) for c in present) / len(present)
-
-
 @torch.no_grad()
 def logits_of(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], batch_size: int, max_length: int, device: torch.device) -> torch.Tensor:
     was_training = model.training
@@ -77,9 +61,7 @@ def score(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], b
     """``accuracy``, ``f1`` (positive class: fresh) and the shared classification figures."""
     logits = logits_of(model, tokenizer, examples, batch_size, max_length, device)
     labels = torch.tensor([e.label for e in examples])
-    metrics = classification_metrics(logits, labels)
-    metrics["f1"] = f1_score(logits.argmax(1).tolist(), labels.tolist(), logits.shape[1])
-    return metrics
+    return classification_metrics(logits, labels)
 
 
 @TASK_EVALUATORS.register("sequence_classifier")

@@ -93,20 +93,20 @@ def run_until_inputs_collected(batch: BlockBatch, block: nn.Module) -> None:
 
 @torch.inference_mode()
 def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumulator], prune_block: BlockPruner,
-                    desc: str, measure_only: bool = False) -> None:
+                    desc: str, batch_size: int, measure_only: bool = False) -> None:
     """Walk the blocks of ``ctx.model``, pruning ``ctx.layers`` block by block (see module doc).
 
     ``measure_only``: ``prune_block`` only reads statistics (OWL's dense pass), so the
     statistics pass's outputs feed the next block directly. Otherwise the statistics pass
     stops as soon as every layer has its input, and the block is run again once pruned.
+    ``batch_size``: calibration windows per forward through a block.
     """
     model, device = ctx.model, ctx.device
-    batch_size = int(ctx.options.get("calibration_batch_size", 8))
     prefix, blocks = blocks_of(model)
     grouped = layers_by_block(ctx.layers, prefix, len(blocks))
     windows = ctx.calibration
     if windows is None:
-        raise PruneError(f"{desc} needs calibration data (set calibration: true in its method config)")
+        raise PruneError(f"{desc} needs calibration data (its method descriptor must say calibration=True)")
     start = time.perf_counter()
     batches = block_inputs(model, blocks[0], windows, batch_size, device)
     block_times = []

@@ -113,3 +113,9 @@ def select_mask(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | Non
     if group not in GROUPS:
         raise PruneError(f"unknown comparison group {group!r} (choose from: {', '.join(GROUPS)})")
     return rowwise_mask(scores, sparsity) if group == "row" else layerwise_mask(scores, sparsity)
+
+
+def pruned_lowest(scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``scores`` (>= 0) with every already-pruned (zero) weight set to -1, below every live one:
+    re-pruning to a higher sparsity (schedules) keeps every earlier zero."""
+    return scores.masked_fill(weight == 0, -1.0)

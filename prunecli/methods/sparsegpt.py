@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-from prunecli.errors import PruneError, require_int
-from prunecli.methods import METHODS, PruneContext
+from prunecli.errors import PruneError
+from prunecli.methods import CalibratedOptions, Method, PruneContext, register
 from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.masks import check_nm_fits, layerwise_mask, nm_mask
 from prunecli.methods.statistics import Hessian
 from prunecli.methods.targets import weight_matrix
+from prunecli.options import at_least
 
 log = logging.getLogger(__name__)
 
@@ -110,28 +111,28 @@ def obs_prune_(W: torch.Tensor, U: torch.Tensor, sparsity: float, nm: tuple[int,
         W[:, end:].addmm_(errors, U[start:end, end:], alpha=-1)
 
 
-def check_options(options: Any, sparsity: float) -> None:
-    """Before anything loads: ``percdamp`` a number >= 0, ``blocksize`` a positive integer."""
-    percdamp, blocksize = options.get("percdamp", 0.01), options.get("blocksize", 128)
-    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not percdamp >= 0:
-        raise PruneError(f"method.percdamp must be a number >= 0 (got {percdamp!r})")
-    require_int(blocksize, "method.blocksize")
+@dataclass(frozen=True)
+class SparseGPTOptions(CalibratedOptions):
+    blocksize: int = 128  # columns per lazy-update block (and per mask-selection block)
+    percdamp: float = 0.01  # dampening: percdamp * mean(diag H) added to the diagonal
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        at_least(self, prefix, "blocksize", 1)
+        at_least(self, prefix, "percdamp", 0)
 
 
-@METHODS.register("sparsegpt")
 def sparsegpt(ctx: PruneContext) -> None:
-    blocksize = int(ctx.options.get("blocksize", 128))
-    percdamp = float(ctx.options.get("percdamp", 0.01))
     warnings: list = []
 
     def prune_block(index, layers, stats) -> None:
         for name, module in layers.items():
             sparsegpt_layer(weight_matrix(module), stats[name].hessian(), ctx.sparsity_of(name), ctx.nm,
-                            blocksize, percdamp, name, warnings)
+                            ctx.options.blocksize, float(ctx.options.percdamp), name, warnings)
 
-    prune_layerwise(ctx, Hessian, prune_block, "sparsegpt")
+    prune_layerwise(ctx, Hessian, prune_block, "sparsegpt", ctx.options.calibration_batch_size)
     if warnings:
         ctx.stats["sparsegpt_damping_raised"] = warnings
 
 
-sparsegpt.check_options = check_options
+register(Method("sparsegpt", sparsegpt, SparseGPTOptions, calibration=True))

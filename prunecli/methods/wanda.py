@@ -8,13 +8,21 @@ matrix (``layer``); with an N:M pattern, per run of M inputs of a row. No weight
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Literal
+
 import torch
 
-from prunecli.methods import METHODS, PruneContext
+from prunecli.methods import CalibratedOptions, Method, PruneContext, register
 from prunecli.methods.layerwise import prune_layerwise
-from prunecli.methods.masks import apply_mask, select_mask
+from prunecli.methods.masks import apply_mask, pruned_lowest, select_mask
 from prunecli.methods.statistics import InputNorms
 from prunecli.methods.targets import weight_matrix
+
+
+@dataclass(frozen=True)
+class WandaOptions(CalibratedOptions):
+    comparison: Literal["row", "layer"] = "row"  # per output row (the paper's default) or whole matrix
 
 
 def wanda_scores(weight: torch.Tensor, norms: InputNorms) -> torch.Tensor:
@@ -22,14 +30,38 @@ def wanda_scores(weight: torch.Tensor, norms: InputNorms) -> torch.Tensor:
     return weight.abs().float() * norms.norms().to(weight.device)[None, :]
 
 
-@METHODS.register("wanda")
+def prune_layer(ctx: PruneContext, name: str, module: torch.nn.Module, norms: InputNorms,
+                rank: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda scores, weight: scores) -> None:
+    """Zero the lowest ``rank(scores, W)`` of one layer's comparison groups."""
+    weight = weight_matrix(module)
+    apply_mask(weight, select_mask(rank(wanda_scores(weight, norms), weight), ctx.sparsity_of(name), ctx.nm, ctx.options.comparison, name))
+
+
 def wanda(ctx: PruneContext) -> None:
-    comparison = ctx.options.get("comparison", "row")
+    def prune_block(index, layers, stats) -> None:
+        for name, module in layers.items():
+            prune_layer(ctx, name, module, stats[name])
+
+    prune_layerwise(ctx, InputNorms, prune_block, "wanda", ctx.options.calibration_batch_size)
+
+
+def reprune_wanda(ctx: PruneContext, state: dict) -> None:
+    """Schedules: every earlier zero ranked lowest; the norms ``state["norms"]`` of an earlier
+    step are reused if there (the schedule passes a fresh ``state`` to re-collect them)."""
+    if "norms" in state:
+        with torch.no_grad():
+            for name, module in ctx.layers.items():
+                prune_layer(ctx, name, module, state["norms"][name], pruned_lowest)
+        return
+    collected: dict = {}
 
     def prune_block(index, layers, stats) -> None:
         for name, module in layers.items():
-            weight = weight_matrix(module)
-            mask = select_mask(wanda_scores(weight, stats[name]), ctx.sparsity_of(name), ctx.nm, comparison, name)
-            apply_mask(weight, mask)
+            collected[name] = stats[name]
+            prune_layer(ctx, name, module, stats[name], pruned_lowest)
 
-    prune_layerwise(ctx, InputNorms, prune_block, "wanda")
+    prune_layerwise(ctx, InputNorms, prune_block, "wanda", ctx.options.calibration_batch_size)
+    state["norms"] = collected
+
+
+register(Method("wanda", wanda, WandaOptions, calibration=True, reprune=reprune_wanda))

@@ -82,7 +82,7 @@ class Evidence:
     def __init__(self, ctx, family: Family, groups: list[BlockGroups]):
         self.ctx, self.family, self.groups = ctx, family, groups
         self.prefix, self.blocks = blocks_of(ctx.model)
-        self.batch_size = int(ctx.options.get("calibration_batch_size", 8))
+        self.batch_size = ctx.options.calibration_batch_size
 
     def windows(self, why: str) -> torch.Tensor:
         if self.ctx.calibration is None:
@@ -105,7 +105,7 @@ class Evidence:
                 moments[(index, name[len(f"{self.prefix}.{index}."):])] = stats[name]
 
         if layers:
-            prune_layerwise(dataclasses.replace(self.ctx, layers=layers), InputMoments, keep, "structured_stats", measure_only=True)
+            prune_layerwise(dataclasses.replace(self.ctx, layers=layers), InputMoments, keep, "structured_stats", self.batch_size, measure_only=True)
         return moments
 
     @cached_property

@@ -10,20 +10,21 @@ Options (``configs/method/{heads,ffn,layers,head_mask}.yaml``): ``criterion``,
 ``allocation: per_layer | global``, ``gqa: kv_groups | query_heads``, ``min_heads_per_layer``,
 ``bias_compensation``, ``allow_empty_layers``. Calibration windows are built when the criterion
 (``taylor``, ``activation``, ``fluctuation``, ``entropy``, ``confidence``), FLAP or Block Influence needs them
-(:func:`needs_calibration`).
+(:func:`unit_calibration`, :func:`layer_calibration`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 import torch
 
 from prunecli.errors import PruneError
-from prunecli.methods import METHODS, PruneContext
+from prunecli.methods import SHAPES, ZEROS, CalibratedOptions, Method, PruneContext, register
 from prunecli.models.layout import blocks_of
+from prunecli.options import at_least
 from prunecli.structured.compensation import add_to_bias, bias_deltas
 from prunecli.structured.groups import BlockGroups, family_of, head_counts, model_groups
 from prunecli.structured.importance import CRITERIA, Evidence, block_influence, scores
@@ -49,23 +50,57 @@ class Plan:
     bias: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
 
 
-def check_options(options: Any, sparsity: float) -> None:
-    """Refuse bad structured options before anything is loaded."""
-    if options.get("criterion") is not None and options.name != "layers":
-        criterion = CRITERIA.get(options.criterion)
-        kind = KINDS[options.name]
+@dataclass(frozen=True)
+class UnitOptions(CalibratedOptions):
+    """``ffn`` (and, with :class:`HeadOptions`, ``heads`` / ``head_mask``)."""
+
+    criterion: str = "l2"  # a CRITERIA entry scoring this method's units
+    allocation: str = "per_layer"  # per_layer (each layer loses `sparsity` of its units) | global (one ranking)
+    bias_compensation: bool = False  # FLAP: b += W[:, removed] @ mean(x_removed) over calibration tokens
+    allow_empty_layers: bool = False  # allow a layer to lose every unit (global allocation)
+    calibration_nsamples: int = 8  # default data.nsamples for this method (run.yaml reads it)
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        criterion, kind = CRITERIA.get(self.criterion), KINDS[self.name]
         if kind not in criterion.kinds:
-            raise PruneError(f"criterion {options.criterion} scores {', '.join(criterion.kinds)} only, not {kind}")
-        SELECTIONS.get(options.get("allocation", "per_layer"))
-        if options.get("gqa", "kv_groups") not in ("kv_groups", "query_heads"):
-            raise PruneError(f"unknown gqa mode {options.gqa!r} (choose from: kv_groups, query_heads)")
+            raise PruneError(f"criterion {self.criterion} scores {', '.join(criterion.kinds)} only, not {kind}")
+        SELECTIONS.get(self.allocation)
+        at_least(self, prefix, "calibration_nsamples", 1)
 
 
-def needs_calibration(options: Any) -> bool:
-    """Data-aware criteria, FLAP bias compensation and Block Influence need calibration windows."""
-    if options.name == "layers":
-        return options.get("layers_to_remove") is None
-    return CRITERIA.get(options.get("criterion", "l2")).needs_data or bool(options.get("bias_compensation", False))
+@dataclass(frozen=True)
+class HeadOptions(UnitOptions):
+    gqa: Literal["kv_groups", "query_heads"] = "kv_groups"  # remove whole KV groups | the same query heads of every group
+    min_heads_per_layer: int = 0  # never go below this many heads in a layer
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        at_least(self, prefix, "min_heads_per_layer", 0)
+
+
+@dataclass(frozen=True)
+class LayerOptions(CalibratedOptions):
+    criterion: str = "block_influence"
+    layers_to_remove: list | None = None  # explicit block indices (then `sparsity` is not used)
+    calibration_nsamples: int = 8
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.layers_to_remove is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in self.layers_to_remove):
+            raise PruneError(f"layers_to_remove must be a list of block indices (got {list(self.layers_to_remove)!r})")
+        if self.layers_to_remove is None and self.criterion != "block_influence":
+            raise PruneError(f"unknown layers criterion {self.criterion!r} (choose from: block_influence, or give layers_to_remove)")
+
+
+def unit_calibration(options: UnitOptions) -> bool:
+    """Data-aware criteria and FLAP bias compensation need calibration windows."""
+    return CRITERIA.get(options.criterion).needs_data or options.bias_compensation
+
+
+def layer_calibration(options: LayerOptions) -> bool:
+    """Block Influence needs calibration windows; explicit ``layers_to_remove`` do not."""
+    return options.layers_to_remove is None
 
 
 def _check_context(ctx: PruneContext) -> None:
@@ -73,13 +108,12 @@ def _check_context(ctx: PruneContext) -> None:
         raise PruneError(f"method={ctx.options.name} removes whole structures; use pattern=unstructured")
     if ctx.layer_sparsity:
         raise PruneError(f"method={ctx.options.name} ranks its own units; use allocation=uniform (and method.allocation=per_layer|global)")
-    check_options(ctx.options, ctx.sparsity)
 
 
-def choose(model: torch.nn.Module, kind: str, options: Any, sparsity: float, unit_scores: list[torch.Tensor]) -> list[torch.Tensor]:
+def choose(model: torch.nn.Module, kind: str, options: UnitOptions, sparsity: float, unit_scores: list[torch.Tensor]) -> list[torch.Tensor]:
     """The units of each layer to remove, given a score per unit (lowest go first): GQA candidates
     (whole KV groups, or the same query-head slot of every group), allocation, caps and checks."""
-    gqa = options.get("gqa", "kv_groups")
+    gqa = options.gqa if kind == "heads" else None
     family = family_of(model)
     _, blocks = blocks_of(model)
     counts = [head_counts(family, block) for block in blocks] if kind == "heads" else []
@@ -91,20 +125,21 @@ def choose(model: torch.nn.Module, kind: str, options: Any, sparsity: float, uni
         candidates = [each_unit(s) for s in unit_scores]
         exact = "KV groups" if kind == "heads" and gqa_ratio > 1 else None
         per_candidate = [q // kv if kv else 1 for q, kv, _ in counts] if exact else [1] * len(unit_scores)
-    min_heads = int(options.get("min_heads_per_layer", 0)) if kind == "heads" else 0
+    min_heads = options.min_heads_per_layer if kind == "heads" else 0
     min_keep = [-(-min_heads // max(p, 1)) for p in per_candidate]  # in candidates, rounded up
-    return select(candidates, sparsity, options.get("allocation", "per_layer"), min_keep, exact,
-                  bool(options.get("allow_empty_layers", False)), NOUNS[kind],
+    return select(candidates, sparsity, options.allocation, min_keep, exact, options.allow_empty_layers, NOUNS[kind],
                   ", raise min_heads_per_layer" if kind == "heads" else "")
 
 
-def check_model(options: Any, sparsity: float, model: torch.nn.Module) -> None:
+def unit_groups(model: torch.nn.Module, kind: str, options: UnitOptions) -> list[BlockGroups]:
+    return model_groups(model, kind, options.gqa if kind == "heads" else "kv_groups")
+
+
+def check_model(options: UnitOptions, sparsity: float, model: torch.nn.Module) -> None:
     """Refuse, right after loading (before any calibration), a ratio this model's shapes cannot
     honour: the selection runs on placeholder scores, so its errors are the real ones."""
-    if options.name == "layers":
-        return
     kind = KINDS[options.name]
-    groups = model_groups(model, kind, options.get("gqa", "kv_groups"))
+    groups = unit_groups(model, kind, options)
     choose(model, kind, options, sparsity, [torch.zeros(g.units) for g in groups])
 
 
@@ -112,11 +147,11 @@ def plan(ctx: PruneContext, kind: str) -> tuple[Plan, Evidence]:
     """Score, rank and choose the ``kind`` units of ``ctx.model`` to remove (nothing is changed)."""
     options = ctx.options
     family = family_of(ctx.model)
-    groups = model_groups(ctx.model, kind, options.get("gqa", "kv_groups"))
+    groups = unit_groups(ctx.model, kind, options)
     evidence = Evidence(ctx, family, groups)
-    unit_scores = scores(options.get("criterion", "l2"), kind, groups, evidence)
+    unit_scores = scores(options.criterion, kind, groups, evidence)
     result = Plan(kind, groups, choose(ctx.model, kind, options, ctx.sparsity, unit_scores))
-    if options.get("bias_compensation", False):
+    if options.bias_compensation:
         _, blocks = blocks_of(ctx.model)
         for g, units in zip(groups, result.removed):
             for path, delta in bias_deltas(g, blocks[g.block], units, evidence).items():
@@ -140,10 +175,10 @@ def apply(model: torch.nn.Module, plan: Plan, physically: bool) -> None:
 
 def record(ctx: PruneContext, plan: Plan) -> None:
     # flat keys: results.csv columns, so that `prune report --columns/--where` can tell criteria apart
-    ctx.stats.update(criterion=ctx.options.get("criterion", "l2"), bias_compensation=bool(ctx.options.get("bias_compensation", False)),
-                     gqa=ctx.options.get("gqa", "kv_groups") if plan.kind == "heads" else None)
+    ctx.stats.update(criterion=ctx.options.criterion, bias_compensation=ctx.options.bias_compensation,
+                     gqa=ctx.options.gqa if plan.kind == "heads" else None)
     ctx.stats["structured"] = {
-        "kind": plan.kind, "criterion": ctx.options.get("criterion"), "allocation": ctx.options.get("allocation", "per_layer"),
+        "kind": plan.kind, "criterion": ctx.options.criterion, "allocation": ctx.options.allocation,
         "units_per_layer": [g.units for g in plan.groups], "removed_per_layer": [len(r) for r in plan.removed],
         "bias_compensation": bool(plan.bias),
     }
@@ -157,19 +192,16 @@ def prune_units(ctx: PruneContext, kind: str, physically: bool) -> None:
     log.info("%s: removed %s of %s units per layer", kind, [len(r) for r in chosen.removed], [g.units for g in chosen.groups])
 
 
-@METHODS.register("heads")
 def heads(ctx: PruneContext) -> None:
     """Remove attention heads (GQA: whole KV groups or query heads)."""
     prune_units(ctx, "heads", physically=True)
 
 
-@METHODS.register("head_mask")
 def head_mask(ctx: PruneContext) -> None:
     """Zero the heads ``heads`` would remove; shapes unchanged."""
     prune_units(ctx, "heads", physically=False)
 
 
-@METHODS.register("ffn")
 def ffn(ctx: PruneContext) -> None:
     """Remove FFN neurons."""
     prune_units(ctx, "ffn", physically=True)
@@ -177,35 +209,29 @@ def ffn(ctx: PruneContext) -> None:
 
 def blocks_to_remove(ctx: PruneContext) -> tuple[list[int], list[float] | None]:
     """``layers_to_remove`` if given, else the ``floor(s * n)`` blocks of lowest Block Influence."""
-    explicit = ctx.options.get("layers_to_remove")
+    explicit = ctx.options.layers_to_remove
     if explicit is not None:
-        if not all(isinstance(i, int) for i in explicit):
-            raise PruneError(f"layers_to_remove must be a list of block indices (got {list(explicit)!r})")
         return sorted(set(explicit)), None
-    criterion = ctx.options.get("criterion", "block_influence")
-    if criterion != "block_influence":
-        raise PruneError(f"unknown layers criterion {criterion!r} (choose from: block_influence, or give layers_to_remove)")
     if ctx.calibration is None:
         raise PruneError("criterion block_influence needs calibration windows (none were given)")
     _, blocks = blocks_of(ctx.model)
-    influence = block_influence(ctx.model, ctx.calibration, int(ctx.options.get("calibration_batch_size", 8)), ctx.device)
+    influence = block_influence(ctx.model, ctx.calibration, ctx.options.calibration_batch_size, ctx.device)
     k = select([each_unit(influence)], ctx.sparsity, "per_layer", [0], None, False, "block")[0]
     return k.tolist(), influence.tolist()
 
 
-@METHODS.register("layers")
 def layers(ctx: PruneContext) -> None:
     """Remove whole blocks (ShortGPT)."""
     _check_context(ctx)
     doomed, influence = blocks_to_remove(ctx)
     if doomed:
         remove_blocks(ctx.model, doomed)
-    ctx.stats.update(criterion="explicit" if influence is None else ctx.options.get("criterion", "block_influence"))
+    ctx.stats.update(criterion="explicit" if influence is None else ctx.options.criterion)
     ctx.stats["structured"] = {"kind": "layers", "removed_blocks": doomed, "block_influence": influence}
     log.info("layers: removed blocks %s", doomed)
 
 
-for _method in (heads, head_mask, ffn, layers):
-    _method.check_options = check_options
-    _method.check_model = check_model
-    _method.needs_calibration = needs_calibration
+register(Method("heads", heads, HeadOptions, effect=SHAPES, calibration=unit_calibration, check_model=check_model))
+register(Method("head_mask", head_mask, HeadOptions, effect=ZEROS, calibration=unit_calibration, check_model=check_model))
+register(Method("ffn", ffn, UnitOptions, effect=SHAPES, calibration=unit_calibration, check_model=check_model))
+register(Method("layers", layers, LayerOptions, effect=SHAPES, calibration=layer_calibration))

@@ -31,8 +31,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from prunecli.errors import PruneError
-from prunecli.methods import METHODS, PruneContext
+from prunecli.methods import METHODS, NOTHING, Method, MethodOptions, PruneContext, register
 from prunecli.methods.masks import prune_count
+from prunecli.outputs import save_figure, write_csv
 from prunecli.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -102,37 +103,34 @@ ANALYSES.register("ffn")(_transformer_units("ffn"))
 ANALYSES.register("heads")(_transformer_units("heads"))
 
 
-def inner_options(options: Any) -> Any:
-    """The analysed method's options: its config file, ``sensitivity.options`` over it, per-layer ranking."""
+@dataclass(frozen=True)
+class SensitivityOptions(MethodOptions):
+    analysis: dict = dataclasses.field(default_factory=dict)  # the top-level `sensitivity` node (method, ratios, metric, options)
+
+    def check(self, prefix: str) -> None:
+        ratios = self.analysis.get("ratios")
+        if not ratios or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1 for r in ratios):
+            raise PruneError(f"sensitivity.ratios must be a non-empty list of numbers in (0, 1) (got {ratios!r})")
+        metric = self.analysis.get("metric", "auto")
+        if metric != "auto" and metric not in METRICS:
+            raise PruneError(f"unknown sensitivity.metric {metric!r} (choose from: auto, {', '.join(METRICS)})")
+        inner_options(self)
+
+
+def inner_options(options: SensitivityOptions) -> MethodOptions:
+    """The analysed method's typed options: its config file, ``sensitivity.options`` over it, per-layer ranking."""
     from prunecli.config import config_dir
 
-    analysis = options.get("analysis") or {}
-    name = analysis.get("method", "filters")
+    name = options.analysis.get("method", "filters")
     ANALYSES.get(name)
     path = config_dir() / "method" / f"{name}.yaml"
     base = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
-    merged = OmegaConf.merge(base, analysis.get("options") or {}, {"name": name, "allocation": "per_layer"})
-    return merged
+    merged = OmegaConf.merge(base, options.analysis.get("options") or {}, {"name": name, "allocation": "per_layer"})
+    return METHODS.get(name).parse(merged)
 
 
-def check_options(options: Any, sparsity: float) -> None:
-    analysis = options.get("analysis") or {}
-    ratios = analysis.get("ratios")
-    if not ratios or not all(isinstance(r, (int, float)) and 0 < r < 1 for r in ratios):
-        raise PruneError(f"sensitivity.ratios must be a non-empty list of numbers in (0, 1) (got {ratios!r})")
-    metric = analysis.get("metric", "auto")
-    if metric != "auto" and metric not in METRICS:
-        raise PruneError(f"unknown sensitivity.metric {metric!r} (choose from: auto, {', '.join(METRICS)})")
-    inner = inner_options(options)
-    check = getattr(METHODS.get(inner.name), "check_options", None)
-    if check is not None:
-        check(inner, float(ratios[0]))
-
-
-def needs_calibration(options: Any) -> bool:
-    inner = inner_options(options)
-    decide = getattr(METHODS.get(inner.name), "needs_calibration", None)
-    return bool(decide(inner)) if decide else False
+def sensitivity_calibration(options: SensitivityOptions) -> bool:
+    return METHODS.get(options.analysis.get("method", "filters")).needs_calibration(inner_options(options))
 
 
 def pick_metric(requested: str, dense: dict) -> str:
@@ -150,7 +148,7 @@ def analyse(ctx: PruneContext) -> list[dict]:
     """One row per unit and ratio (see module doc); ``ctx.model`` is left as it was."""
     if ctx.evaluate is None:
         raise PruneError("method=sensitivity needs the run's evaluator (run it through prune run)")
-    analysis = ctx.options.get("analysis") or {}
+    analysis = ctx.options.analysis
     ratios = [float(r) for r in analysis.get("ratios")]
     inner = dataclasses.replace(ctx, options=inner_options(ctx.options), stats={})
     units = ANALYSES.get(inner.options.name)(inner)
@@ -200,19 +198,13 @@ def plot(rows: list[dict], path: Path) -> bool:
     if len(names) <= 16:
         axes.legend(fontsize=7, ncol=2)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(temp, dpi=120)
+    save_figure(figure, path, dpi=120)
     plt.close(figure)
-    temp.replace(path)
     return True
 
 
-@METHODS.register("sensitivity")
 def sensitivity(ctx: PruneContext) -> None:
     """Per-layer sensitivity of a structured method; writes sensitivity.csv / .png, leaves the model dense."""
-    from prunecli.outputs import write_csv
-
     rows = analyse(ctx)
     summary: dict[str, Any] = {"method": ctx.options.analysis.get("method", "filters"), "metric": rows[0]["metric"],
                                "dense": rows[0]["dense"], "ratios": sorted({r["ratio"] for r in rows}), "units": len({r["unit"] for r in rows})}
@@ -228,5 +220,4 @@ def sensitivity(ctx: PruneContext) -> None:
     ctx.stats["sensitivity"] = summary
 
 
-sensitivity.check_options = check_options
-sensitivity.needs_calibration = needs_calibration
+register(Method("sensitivity", sensitivity, SensitivityOptions, effect=NOTHING, calibration=sensitivity_calibration))

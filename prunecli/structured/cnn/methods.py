@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import nn
 
 from prunecli.errors import PruneError
-from prunecli.methods import METHODS, PruneContext
+from prunecli.methods import SHAPES, CalibratedOptions, Method, PruneContext, register
 from prunecli.structured.cnn.graph import ChannelGraph, ChannelGroup, example_call
 from prunecli.structured.cnn.importance import CRITERIA, Evidence, scores
 from prunecli.structured.cnn.remove import mask_filters, remove_filters
@@ -34,23 +34,26 @@ from prunecli.structured.select import SELECTIONS, each_unit, select
 
 log = logging.getLogger(__name__)
 
-RESIDUAL_MODES = ("joint", "keep")
-NORMALIZERS = ("mean", "none")
 
 
-def check_options(options: Any, sparsity: float) -> None:
-    """Refuse bad ``filters`` options before anything is loaded."""
-    CRITERIA.get(options.get("criterion", "l1"))
-    SELECTIONS.get(options.get("allocation", "per_layer"))
-    if options.get("residual", "joint") not in RESIDUAL_MODES:
-        raise PruneError(f"unknown residual mode {options.residual!r} (choose from: {', '.join(RESIDUAL_MODES)})")
-    if options.get("normalize", "mean") not in NORMALIZERS:
-        raise PruneError(f"unknown normalize {options.normalize!r} (choose from: {', '.join(NORMALIZERS)})")
+@dataclass(frozen=True)
+class FilterOptions(CalibratedOptions):
+    criterion: str = "l1"  # l1 | l2 | bn_gamma | taylor (uses calibration images) | geometric_median (FPGM)
+    allocation: str = "per_layer"  # per_layer (each channel group loses `sparsity` of its filters) | global
+    normalize: Literal["mean", "none"] = "mean"  # global ranking: divide each group's scores by their mean first
+    residual: Literal["joint", "keep"] = "joint"  # channels joined by a skip connection: pruned jointly, or left whole
+    allow_empty_layers: bool = False  # global allocation: a group that would lose every filter keeps one
+    calibration_batch_size: int = 64
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        CRITERIA.get(self.criterion)
+        SELECTIONS.get(self.allocation)
 
 
-def needs_calibration(options: Any) -> bool:
+def filter_calibration(options: FilterOptions) -> bool:
     """Data-aware criteria (``taylor``) need calibration images."""
-    return CRITERIA.get(options.get("criterion", "l1")).needs_data
+    return CRITERIA.get(options.criterion).needs_data
 
 
 @dataclass
@@ -84,7 +87,7 @@ def candidate_groups(graph: ChannelGraph, ctx: PruneContext) -> list[ChannelGrou
     """Groups the options allow: producers all in ``ctx.layers`` (if given), residual ones unless
     ``residual: keep``, and for ``bn_gamma`` only groups with a BatchNorm (the others have no gamma)."""
     wanted = set(ctx.layers or ())
-    keep_residual = ctx.options.get("residual", "joint") == "keep"
+    keep_residual = ctx.options.residual == "keep"
     chosen = []
     for group in graph.groups:
         if wanted and not set(group.producers) <= wanted:
@@ -92,7 +95,7 @@ def candidate_groups(graph: ChannelGraph, ctx: PruneContext) -> list[ChannelGrou
         if keep_residual and group.residual:
             continue
         chosen.append(group)
-    if ctx.options.get("criterion", "l1") == "bn_gamma":
+    if ctx.options.criterion == "bn_gamma":
         unscored = [g.name for g in chosen if not g.norms]
         chosen = [g for g in chosen if g.norms]
         if unscored and not chosen:
@@ -102,27 +105,26 @@ def candidate_groups(graph: ChannelGraph, ctx: PruneContext) -> list[ChannelGrou
 
 
 def group_scores(ctx: PruneContext, graph: ChannelGraph, groups: list[ChannelGroup]) -> list[torch.Tensor]:
-    evidence = Evidence(ctx.model, graph, ctx.calibration, int(ctx.options.get("calibration_batch_size", 64)), ctx.device)
-    return scores(ctx.options.get("criterion", "l1"), ctx.model, groups, evidence)
+    evidence = Evidence(ctx.model, graph, ctx.calibration, ctx.options.calibration_batch_size, ctx.device)
+    return scores(ctx.options.criterion, ctx.model, groups, evidence)
 
 
 def plan(ctx: PruneContext, graph: ChannelGraph | None = None) -> FilterPlan:
     """Score, rank and choose the filters to remove (nothing is changed)."""
     options = ctx.options
-    check_options(options, ctx.sparsity)
     graph = graph if graph is not None else build_graph(ctx)
     groups = candidate_groups(graph, ctx)
     if not groups:
         reasons = graph.fixed_reasons()
         why = "; ".join(f"{name}: {reason}" for name, reason in list(reasons.items())[:3])
         raise PruneError(f"method=filters found no prunable filters in {type(ctx.model).__name__}" + (f" ({why})" if why else ""))
-    allocation = options.get("allocation", "per_layer")
+    allocation = options.allocation
     unit_scores = group_scores(ctx, graph, groups)
-    if allocation == "global" and options.get("normalize", "mean") == "mean":
+    if allocation == "global" and options.normalize == "mean":
         unit_scores = [s / s.mean() if len(s) and s.mean() > 0 else s for s in unit_scores]
     # A Conv2d cannot have 0 output channels: with allow_empty_layers the global ranking goes on
     # past a group's last filter, which is kept; without it, emptying a group is an error.
-    allow_empty = bool(options.get("allow_empty_layers", False))
+    allow_empty = options.allow_empty_layers
     removed = select([each_unit(s) for s in unit_scores], ctx.sparsity, allocation, [int(allow_empty)] * len(groups), None, True, "filter")
     for group, gone in zip(groups, removed):
         if group.size and len(gone) == group.size:
@@ -142,8 +144,8 @@ def apply(model: nn.Module, chosen: FilterPlan, physically: bool = True) -> None
 
 def record(ctx: PruneContext, chosen: FilterPlan) -> None:
     ctx.stats["structured"] = {
-        "kind": "filters", "criterion": ctx.options.get("criterion", "l1"), "allocation": ctx.options.get("allocation", "per_layer"),
-        "residual": ctx.options.get("residual", "joint"),
+        "kind": "filters", "criterion": ctx.options.criterion, "allocation": ctx.options.allocation,
+        "residual": ctx.options.residual,
         "filters_total": sum(g.size for g in chosen.groups), "filters_removed": sum(len(r) for r in chosen.removed),
         "groups": [{"name": g.name, "producers": g.producers, "filters": g.size, "removed": len(r), "residual": g.residual}
                    for g, r in zip(chosen.groups, chosen.removed)],
@@ -168,11 +170,9 @@ def prune_filters(ctx: PruneContext, physically: bool) -> FilterPlan:
     return chosen
 
 
-@METHODS.register("filters")
 def filters(ctx: PruneContext) -> None:
     """Remove conv filters (and the coupled BatchNorm entries, depthwise filters, input channels / features)."""
     prune_filters(ctx, physically=True)
 
 
-filters.check_options = check_options
-filters.needs_calibration = needs_calibration
+register(Method("filters", filters, FilterOptions, effect=SHAPES, calibration=filter_calibration))
