@@ -76,7 +76,7 @@ class Evidence:
     """Calibration statistics of the unpruned model, computed on first use and shared.
 
     ``ctx`` is the :class:`~prunecli.methods.PruneContext`; every statistic needs
-    ``ctx.calibration`` (the pipeline builds it when :func:`needs_calibration` says so).
+    ``ctx.calibration`` (the pipeline builds it when the method descriptor's ``calibration`` says so).
     """
 
     def __init__(self, ctx, family: Family, groups: list[BlockGroups]):
