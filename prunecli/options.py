@@ -36,20 +36,19 @@ class Options:
         """Raise :class:`PruneError` naming ``<prefix>.<key>`` for a value the type allows but the rule does not."""
 
 
-def parse(cls: type[O], node: Any, prefix: str, ignore: tuple[str, ...] = ()) -> O:
+def parse(cls: type[O], node: Any, prefix: str) -> O:
     """``cls`` filled from ``node`` (a DictConfig or mapping), every key and value checked (see module doc)."""
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in values:
-        if key not in fields and key not in ignore:
+        if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
             hint = f" (did you mean {prefix}.{close[0]}?)" if close else f" (its keys: {', '.join(fields) or 'none'})"
             raise PruneError(f"unknown key {prefix}.{key}{hint}")
     for key, value in values.items():
-        if key in fields:
-            check_type(value, hints[key], f"{prefix}.{key}")
-    options = cls(**{key: value for key, value in values.items() if key in fields})
+        check_type(value, hints[key], f"{prefix}.{key}")
+    options = cls(**values)
     options.check(prefix)
     return options
 
@@ -78,8 +77,8 @@ def matches(value: Any, expected: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if expected is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin in (list, tuple):
-        return isinstance(value, (list, tuple)) and all(matches(item, args[0]) for item in value) if args else isinstance(value, (list, tuple))
+    if origin in (list, tuple) or expected in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(matches(item, args[0]) for item in value if args)
     if origin is dict or expected is dict:
         return isinstance(value, dict)
     return isinstance(value, expected)
@@ -101,6 +100,7 @@ def at_least(options: Options, prefix: str, key: str, minimum: float) -> None:
     value = getattr(options, key)
     if value is None or value >= minimum:
         return
-    integer = int in (typing.get_type_hints(type(options))[key], *typing.get_args(typing.get_type_hints(type(options))[key]))
+    hint = typing.get_type_hints(type(options))[key]
+    integer = int in (hint, *typing.get_args(hint))
     kind = "a positive integer" if integer and minimum == 1 else f"{'an integer' if integer else 'a number'} >= {minimum:g}"
     raise PruneError(f"{prefix}.{key} must be {kind} (got {value!r})")

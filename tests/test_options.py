@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
 import textwrap
 from typing import Literal
 
@@ -122,8 +125,6 @@ register(Method("first_columns", first_columns, ColumnsOptions))
 def test_a_new_method_is_one_module_plus_one_yaml_through_the_cli(tmp_path):
     """CONTRIBUTING.md's walk-through: the module registers a descriptor, the YAML names it; the
     CLI then composes, type-checks and runs it (here from a copy of the config tree)."""
-    import shutil
-
     configs = tmp_path / "configs"
     shutil.copytree(REPO / "configs", configs)
     (configs / "method" / "first_columns.yaml").write_text("name: first_columns\noffset: 0\n")
@@ -138,8 +139,6 @@ def test_a_new_method_is_one_module_plus_one_yaml_through_the_cli(tmp_path):
         main()
     """)
     common = ["run", "model=tiny_llama", "method=first_columns", "sparsity=0.25", "benchmark=none", "eval=none"]
-    import subprocess
-    import sys
 
     def prune(*args):
         return subprocess.run([sys.executable, "-c", launcher, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -30,38 +30,44 @@ def wanda_scores(weight: torch.Tensor, norms: InputNorms) -> torch.Tensor:
     return weight.abs().float() * norms.norms().to(weight.device)[None, :]
 
 
+def unranked(scores: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return scores
+
+
 def prune_layer(ctx: PruneContext, name: str, module: torch.nn.Module, norms: InputNorms,
-                rank: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda scores, weight: scores) -> None:
+                rank: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = unranked) -> None:
     """Zero the lowest ``rank(scores, W)`` of one layer's comparison groups."""
     weight = weight_matrix(module)
     apply_mask(weight, select_mask(rank(wanda_scores(weight, norms), weight), ctx.sparsity_of(name), ctx.nm, ctx.options.comparison, name))
 
 
-def wanda(ctx: PruneContext) -> None:
+def prune_collecting(ctx: PruneContext, rank: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, InputNorms]:
+    """Collect the norms block by block on the model as it is pruned (see :mod:`layerwise`), prune each
+    layer with them; return ``{layer: InputNorms}``."""
+    collected: dict[str, InputNorms] = {}
+
     def prune_block(index, layers, stats) -> None:
         for name, module in layers.items():
-            prune_layer(ctx, name, module, stats[name])
+            collected[name] = stats[name]
+            prune_layer(ctx, name, module, stats[name], rank)
 
     prune_layerwise(ctx, InputNorms, prune_block, "wanda", ctx.options.calibration_batch_size)
+    return collected
+
+
+def wanda(ctx: PruneContext) -> None:
+    prune_collecting(ctx, unranked)
 
 
 def reprune_wanda(ctx: PruneContext, state: dict) -> None:
     """Schedules: every earlier zero ranked lowest; the norms ``state["norms"]`` of an earlier
     step are reused if there (the schedule passes a fresh ``state`` to re-collect them)."""
-    if "norms" in state:
-        with torch.no_grad():
-            for name, module in ctx.layers.items():
-                prune_layer(ctx, name, module, state["norms"][name], pruned_lowest)
+    if "norms" not in state:
+        state["norms"] = prune_collecting(ctx, pruned_lowest)
         return
-    collected: dict = {}
-
-    def prune_block(index, layers, stats) -> None:
-        for name, module in layers.items():
-            collected[name] = stats[name]
-            prune_layer(ctx, name, module, stats[name], pruned_lowest)
-
-    prune_layerwise(ctx, InputNorms, prune_block, "wanda", ctx.options.calibration_batch_size)
-    state["norms"] = collected
+    with torch.no_grad():
+        for name, module in ctx.layers.items():
+            prune_layer(ctx, name, module, state["norms"][name], pruned_lowest)
 
 
 register(Method("wanda", wanda, WandaOptions, calibration=True, reprune=reprune_wanda))

@@ -35,7 +35,6 @@ from prunecli.structured.select import SELECTIONS, each_unit, select
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class FilterOptions(CalibratedOptions):
     criterion: str = "l1"  # l1 | l2 | bn_gamma | taylor (uses calibration images) | geometric_median (FPGM)
