@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from prunecli import console, outputs, pipeline, rundir
+from prunecli import console, pipeline, records, rundir
 from prunecli.config import config_dir
 from prunecli.errors import PruneError
 from prunecli.interrupts import Interrupted, raise_on_signals
@@ -46,7 +46,7 @@ SWEEP_FAILURES: list[dict] = []
 
 def record(cfg: DictConfig, run_dir: Path, overrides: list[str], fields: dict) -> None:
     """A run record without results (failed, interrupted): the identifying fields plus ``fields``."""
-    outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | fields, [])
+    records.write_run(run_dir, records.base_record(cfg, run_dir, overrides) | fields, [])
 
 
 def record_failure(cfg: DictConfig, run_dir: Path, overrides: list[str], err: BaseException) -> None:
@@ -113,12 +113,12 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
             console.error(f"{label}: {err}")
             return None
     if resume_enabled(cfg, multirun):
-        done = completed_run(pipeline.run_id(cfg), Path(cfg.get("resume_root", "outputs")), run_dir)
+        done = completed_run(records.run_id(cfg), Path(cfg.get("resume_root", "outputs")), run_dir)
         if done is not None and done.resolve() == run_dir.resolve():
             console.console.print(f"{label}: skipped, already completed here ({run_dir})")  # its record stays as it is
             return None
         if done is not None:
-            outputs.write_run(run_dir, pipeline.base_record(cfg, run_dir, overrides) | {"status": "skipped", "completed_run_dir": str(done)}, [])
+            records.write_run(run_dir, records.base_record(cfg, run_dir, overrides) | {"status": "skipped", "completed_run_dir": str(done)}, [])
             console.console.print(f"{label}: skipped, already completed in {done}")
             return None
     try:
@@ -137,7 +137,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
     else:
         failure = None
     if prepared is not None:
-        console.console.print(console.table("prune run", pipeline.header_rows(cfg)))
+        console.console.print(console.table("prune run", records.header_rows(cfg)))
         try:
             metrics, layers = pipeline.execute(prepared, run_dir, overrides)
         except Exception as err:  # any failure of a started run is recorded, not lost
@@ -149,11 +149,11 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
         if multirun:
             return None
         sys.exit(1)
-    outputs.write_run(run_dir, metrics, layers)
+    records.write_run(run_dir, metrics, layers)
     track(cfg, run_dir, metrics)
-    console.console.print(console.table("results", pipeline.result_table_rows(metrics)))
+    console.console.print(console.table("results", records.result_table_rows(metrics)))
     if "zeroshot" in metrics:
-        rows = pipeline.zeroshot_table_rows(metrics)
+        rows = records.zeroshot_table_rows(metrics)
         console.console.print(console.table("zero-shot accuracy (lm-evaluation-harness)", rows, list(rows[0])))
     console.console.print(f"run directory: {run_dir}")
     return metrics.get("ppl")

@@ -91,11 +91,7 @@ def stop_children(grace_s: float = 30.0) -> int:
     """SIGTERM every process below this one, wait up to ``grace_s`` for them to record their state
     and exit, then SIGKILL what is left. Returns how many processes there were."""
     pids = descendants()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    send(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         try:  # reap our own children as they exit
@@ -104,10 +100,14 @@ def stop_children(grace_s: float = 30.0) -> int:
         except ChildProcessError:
             pass
         time.sleep(0.1)
-    for pid in pids:
-        if alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    send([pid for pid in pids if alive(pid)], signal.SIGKILL)
     return len(pids)
+
+
+def send(pids: list[int], signum: int) -> None:
+    """``signum`` to each of ``pids``; one that has exited already is passed over."""
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass

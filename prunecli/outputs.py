@@ -15,20 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-# results.csv columns, the same for every run so that ``prune report`` can stack them.
-RESULT_COLUMNS = [
-    "run_id", "status", "model", "method", "pattern", "sparsity_target", "sparsity_actual", "finetune", "schedule",
-    "criterion", "gqa", "bias_compensation",  # structured methods (empty for the others)
-    "sparsity_all_params", "params_total", "params_nonzero", "params_removed", "params_removed_frac",
-    "ppl", "ppl_dense", "nll", "zeroshot_mean", "zeroshot_mean_dense", "zeroshot_mean_norm", "zeroshot_mean_norm_dense", "ppl_before_finetune", "accuracy", "accuracy_dense", "accuracy_before_finetune", "f1",
-    "f1_before_finetune", "finetune_epochs", "finetune_steps", "finetune_s",
-    "prefill_ms", "prefill_tokens_per_s", "prefill_speedup", "decode_ms", "decode_tokens_per_s", "decode_speedup",
-    "flops", "flops_ratio", "model_mb", "disk_mb_dense", "disk_mb_csr", "disk_mb_bitmask",
-    "prune_s", "eval_s", "total_s", "peak_memory_mb",
-    "error", "run_dir",
-]
-
-
 def file_mode() -> int:
     """What ``open()`` would give a new file: 0o666 less the user's umask (``mkstemp`` makes 0o600)."""
     umask = os.umask(0)
@@ -84,11 +70,3 @@ def write_csv(path: Path, rows: Iterable[dict], columns: list[str]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, buffer.getvalue())
-
-
-def write_run(run_dir: Path, metrics: dict, layers: list[dict]) -> None:
-    """layers.csv, results.csv, then metrics.json (last: its presence marks the run finished)."""
-    if layers:
-        write_csv(run_dir / "layers.csv", layers, list(layers[0]))
-    write_csv(run_dir / "results.csv", [metrics], RESULT_COLUMNS)
-    write_json(run_dir / "metrics.json", metrics)

@@ -19,8 +19,8 @@ import pandas as pd
 from prunecli import console
 from prunecli.errors import PruneError
 from prunecli.outputs import save_figure, write_atomic
+from prunecli.records import REPORT_COLUMNS
 
-DEFAULT_COLUMNS = ["model", "method", "pattern", "sparsity_target", "sparsity_actual", "ppl", "ppl_dense", "prefill_ms", "prune_s", "eval_s"]
 SORT_KEYS = ["model", "method", "pattern", "sparsity_target"]
 REQUIRED_COLUMNS = ["run_id", "status", "model", "method"]
 SOURCE = "_source"  # internal column: the folder a row's results.csv was read from
@@ -387,7 +387,7 @@ def main(
     if plot:
         require_matplotlib()
     frame = load_results(paths)
-    columns = columns or [column for column in DEFAULT_COLUMNS if column in frame]
+    columns = columns or [column for column in REPORT_COLUMNS if column in frame]
     check_columns(frame, columns, "--columns")
     pairs = parse_where(where or [], frame)
     parts = parse_pivot(pivot, frame) if pivot else None

@@ -31,16 +31,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
 
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.targets import weight_matrix
+from prunecli.options import Options, at_least, parse
+from prunecli.registry import Registry
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("oneshot", "gradual", "iterative")
 SHAPES = ("linear", "cubic", "exponential")
+Shape = Literal["linear", "cubic", "exponential"]
 
 
 def curve(progress: float, initial: float, final: float, shape: str) -> float:
@@ -83,20 +86,145 @@ def iterative_targets(cycles: int, initial: float, final: float, shape: str) -> 
     return [curve(c / cycles, initial, final, shape) for c in range(1, cycles + 1)]
 
 
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PruneError(f"schedule.{key} must be an integer >= {minimum} (got {value!r})")
-    return value
+def resolve_gradual(schedule: Any, total_steps: int) -> tuple[int, int]:
+    """(start, end) against the fine-tune's number of updates; ``end_step: null`` = 3/4 of them."""
+    start = int(schedule.start_step)
+    end = schedule.end_step
+    end = int(end) if end is not None else max(start, (3 * total_steps) // 4)
+    if end >= total_steps:
+        raise PruneError(f"schedule.end_step={end} must come before the last fine-tune step ({total_steps} steps): "
+                         f"lower it or fine-tune longer")
+    return start, end
 
 
-def validate(cfg: Any) -> None:
-    """Config-only checks, before anything is loaded."""
-    schedule = cfg.get("schedule") or {"name": "oneshot"}
-    name = schedule.get("name", "oneshot")
-    if name not in SCHEDULES:
-        raise PruneError(f"unknown schedule {name!r} (choose from: {', '.join(SCHEDULES)})")
+@dataclass(frozen=True)
+class ScheduleOptions(Options):
+    """``oneshot``: nothing to set."""
+
+    name: str = "oneshot"
+
+
+@dataclass(frozen=True)
+class GradualOptions(ScheduleOptions):
+    initial: float = 0.0  # sparsity at start_step
+    start_step: int = 0  # first pruning step (after this many updates)
+    end_step: int | None = None  # last pruning step (null: 3/4 of the fine-tune updates)
+    frequency: int = 10  # prune every N updates
+    shape: Shape = "cubic"
+    recollect: bool = False  # wanda: re-collect ||X_j|| at every pruning step
+
+    def check(self, prefix: str) -> None:
+        at_least(self, prefix, "start_step", 0)
+        at_least(self, prefix, "end_step", 0)
+        if self.frequency < 1:
+            raise PruneError(f"{prefix}.frequency must be an integer >= 1 (got {self.frequency!r})")
+        if self.end_step is not None and self.end_step < self.start_step:
+            raise PruneError(f"{prefix}.end_step={self.end_step} is before {prefix}.start_step={self.start_step}")
+
+
+@dataclass(frozen=True)
+class IterativeOptions(ScheduleOptions):
+    cycles: int = 3  # prune-then-fine-tune rounds
+    initial: float = 0.0
+    shape: Shape = "exponential"
+    recollect: bool = True  # wanda: re-collect ||X_j|| every cycle
+
+    def check(self, prefix: str) -> None:
+        if self.cycles < 1:
+            raise PruneError(f"{prefix}.cycles must be an integer >= 1 (got {self.cycles!r})")
+
+
+@dataclass
+class Training:
+    """What a schedule drives: the fine-tune's trainer and task, the model it trains, the masks
+    it keeps, and the repruner (None for oneshot)."""
+
+    trainer: Any  # prunecli.finetune.loop.Trainer
+    task: Any  # prunecli.finetune.loop.TrainTask
+    model: Any
+    steps: int  # updates per round
+    keeper: Any  # prunecli.finetune.masks.MaskKeeper
+    repruner: "Repruner | None"
+    sparsity: float  # the final target
+    seed: int
+
+
+def train_once(options: ScheduleOptions, run: Training) -> tuple[dict, list[dict]]:
+    """``oneshot``: the method pruned before; train the whole fine-tune once."""
+    return run.trainer.train(run.model, run.task, run.steps, run.keeper, seed=run.seed), []
+
+
+def train_gradual(options: GradualOptions, run: Training) -> tuple[dict, list[dict]]:
+    """Train once, pruning to the next target at every pruning step (the best checkpoint is
+    chosen only after ``end_step``, at the final sparsity)."""
+    start, end = resolve_gradual(options, run.steps)
+    events = gradual_events(options.initial, run.sparsity, start, end, options.frequency, options.shape)
+
+    def on_step(t: int, optimizer: Any) -> None:
+        if t in events and events[t] > 0:
+            run.repruner.prune_to(events[t], step=t)
+            run.keeper.record()
+            run.keeper.register_hooks()
+            run.keeper.clear_state(optimizer)
+
+    return run.trainer.train(run.model, run.task, run.steps, run.keeper, on_step=on_step, select_from=end + 1, seed=run.seed), []
+
+
+def train_iterative(options: IterativeOptions, run: Training) -> tuple[dict, list[dict]]:
+    """``cycles`` rounds: prune to the round's target, then the whole fine-tune; one row per cycle."""
+    metric, result, cycles = run.task.metric, {}, []
+    for cycle, target in enumerate(iterative_targets(options.cycles, options.initial, run.sparsity, options.shape), 1):
+        run.repruner.prune_to(target, step=run.trainer.step_offset)
+        run.keeper.record()
+        pruned_value = run.trainer.validate(run.model, run.task)
+        result = run.trainer.train(run.model, run.task, run.steps, run.keeper, cycle=cycle, seed=run.seed + cycle)
+        cycles.append({"cycle": cycle, "sparsity": run.keeper.sparsity(), f"{metric}_pruned": pruned_value,
+                       f"{metric}_final": result.get("final_" + metric), f"{metric}_best": result.get("best_" + metric),
+                       "best_step": result.get("best_step")})
+    return result, cycles
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``train(options, run) -> (trainer result, per-cycle rows)``; ``rounds``: how many times the
+    fine-tune config runs; ``check_steps(options, steps)``: refuse, before the run, what the
+    fine-tune's number of updates cannot honour; ``describe``: one line for the console."""
+
+    name: str
+    options: type[ScheduleOptions]
+    train: Callable[[Any, Training], tuple[dict, list[dict]]]
+    describe: Callable[[Any, float], str]
+    rounds: Callable[[Any], int] = lambda options: 1
+    check_steps: Callable[[Any, int], Any] = lambda options, steps: None
+
+    @property
+    def prunes(self) -> bool:
+        """Whether the schedule prunes during fine-tuning (else the method prunes once, before)."""
+        return self.name != "oneshot"
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+SCHEDULES.add("oneshot", Schedule("oneshot", ScheduleOptions, train_once, lambda o, s: "oneshot"))
+SCHEDULES.add("gradual", Schedule(
+    "gradual", GradualOptions, train_gradual, check_steps=resolve_gradual,
+    describe=lambda o, s: f"gradual {o.shape} {o.initial}->{s} steps {o.start_step}..{o.end_step} every {o.frequency}"))
+SCHEDULES.add("iterative", Schedule(
+    "iterative", IterativeOptions, train_iterative, rounds=lambda o: o.cycles,
+    describe=lambda o, s: f"iterative {o.cycles} cycles ({o.shape})"))
+
+
+def options_of(cfg: Any) -> ScheduleOptions:
+    """The run's ``schedule`` node as its schedule's typed options (no node: oneshot)."""
+    node = cfg.get("schedule") or {"name": "oneshot"}
+    return parse(SCHEDULES.get(node.get("name", "oneshot")).options, node, "schedule")
+
+
+def validate(cfg: Any) -> ScheduleOptions:
+    """Config-only checks, before anything is loaded; the typed options."""
+    options = options_of(cfg)
+    name = options.name
     if name == "oneshot":
-        return
+        return options
     finetune = (cfg.get("finetune") or {}).get("name", "none")
     if finetune == "none":
         raise PruneError(f"schedule={name} prunes during fine-tuning: choose a fine-tune (finetune=lm, lora or classifier)")
@@ -108,32 +236,9 @@ def validate(cfg: Any) -> None:
         raise PruneError(f"schedule={name} raises the sparsity step by step; an N:M pattern has one fixed sparsity (use pattern=unstructured)")
     if cfg.get("allocation", "uniform") != "uniform":
         raise PruneError(f"schedule={name} supports allocation=uniform only (got allocation={cfg.allocation})")
-    initial = schedule.get("initial", 0.0)
-    if not isinstance(initial, (int, float)) or not 0 <= initial <= cfg.sparsity:
-        raise PruneError(f"schedule.initial must be in [0, sparsity={cfg.sparsity}] (got {initial!r})")
-    if schedule.get("shape", "cubic") not in SHAPES:
-        raise PruneError(f"unknown schedule.shape {schedule.get('shape')!r} (choose from: {', '.join(SHAPES)})")
-    if name == "gradual":
-        start = _int(schedule.get("start_step", 0), "start_step", 0)
-        _int(schedule.get("frequency", 1), "frequency", 1)
-        end = schedule.get("end_step")
-        if end is not None:
-            end = _int(end, "end_step", 0)
-            if end < start:
-                raise PruneError(f"schedule.end_step={end} is before schedule.start_step={start}")
-    else:
-        _int(schedule.get("cycles", 1), "cycles", 1)
-
-
-def resolve_gradual(schedule: Any, total_steps: int) -> tuple[int, int]:
-    """(start, end) against the fine-tune's number of updates; ``end_step: null`` = 3/4 of them."""
-    start = int(schedule.get("start_step", 0))
-    end = schedule.get("end_step")
-    end = int(end) if end is not None else max(start, (3 * total_steps) // 4)
-    if end >= total_steps:
-        raise PruneError(f"schedule.end_step={end} must come before the last fine-tune step ({total_steps} steps): "
-                         f"lower it or fine-tune longer")
-    return start, end
+    if not 0 <= options.initial <= cfg.sparsity:
+        raise PruneError(f"schedule.initial must be in [0, sparsity={cfg.sparsity}] (got {options.initial!r})")
+    return options
 
 
 class Repruner:
@@ -173,16 +278,9 @@ class Repruner:
 
 
 def describe(cfg: Any) -> str:
-    schedule = cfg.get("schedule") or {"name": "oneshot"}
-    name = schedule.get("name", "oneshot")
-    if name == "gradual":
-        return (f"gradual {schedule.get('shape')} {schedule.get('initial')}->{cfg.sparsity} "
-                f"steps {schedule.get('start_step')}..{schedule.get('end_step')} every {schedule.get('frequency')}")
-    if name == "iterative":
-        return f"iterative {schedule.get('cycles')} cycles ({schedule.get('shape')})"
-    return name
+    options = options_of(cfg)
+    return SCHEDULES.get(options.name).describe(options, cfg.sparsity)
 
 
 def is_oneshot(cfg: Any) -> bool:
-    return (cfg.get("schedule") or {"name": "oneshot"}).get("name", "oneshot") == "oneshot"
-
+    return not SCHEDULES.get(options_of(cfg).name).prunes

@@ -39,7 +39,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
 from omegaconf import open_dict
 
-from prunecli import console, outputs
+from prunecli import console
 from prunecli.errors import PruneError
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class WatchedSlurmLauncher(PluginSlurmLauncher):
     def job_record(self, overrides: Sequence[str], number: int) -> tuple[Path, dict]:
         """Job ``number``'s folder and the identifying fields of its record (run id, model, method, ...),
         composed and resolved as the job itself composes them."""
-        from prunecli import pipeline
+        from prunecli import records
 
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(config.hydra.job):
@@ -193,7 +193,7 @@ class WatchedSlurmLauncher(PluginSlurmLauncher):
             task = config.copy()
             with open_dict(task):
                 del task["hydra"]
-            return folder, pipeline.base_record(task, folder, list(overrides))
+            return folder, records.base_record(task, folder, list(overrides))
         finally:
             HydraConfig.instance().cfg = saved
 
@@ -239,7 +239,9 @@ class WatchedSlurmLauncher(PluginSlurmLauncher):
         if record.get("status") != "completed":  # a job that never started has no record yet: the identifying fields
             fields = {"status": "failed", "error": f"SLURM job {job.job_id}: {reason}", "error_type": f"slurm_{kind}",
                       "slurm_job_id": job.job_id, "slurm_state": kind}
-            outputs.write_run(folder, {**base, **record, **fields}, [])
+            from prunecli.records import write_run
+
+            write_run(folder, {**base, **record, **fields}, [])
         console.error(f"job {number} ({' '.join(overrides)}): SLURM job {job.job_id} {reason}")
         result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
         result.return_value = None

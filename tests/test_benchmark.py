@@ -49,7 +49,8 @@ def logits_of(model: nn.Module, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
 
 def bench_config(name: str = "backends", **overrides):
     config = OmegaConf.load(REPO / "configs" / "benchmark" / f"{name}.yaml")
-    return OmegaConf.merge(config, {"seqlen": 16, "warmup": 1, "repeats": 3, "decode_prompt": 8, "decode_tokens": 3} | overrides)
+    small = {"seqlen": 16, "warmup": 1, "repeats": 3, "decode_prompt": 8, "decode_tokens": 3}
+    return OmegaConf.merge(config, {key: value for key, value in small.items() if key in config} | overrides)
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ def test_bitmask_halves_a_half_sparse_model_and_csr_does_not(tmp_path):
 def run_benchmark(tmp_path: Path, model: nn.Module, unpruned: nn.Module | None, name: str = "backends", **overrides):
     loaded = LoadedModel(model, object(), "tiny", "causal_lm", CPU, torch.float32)
     layers_ = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and "lm_head" not in n}
-    metrics = BENCHMARKS.get(name)(BenchmarkContext(loaded, bench_config(name, **overrides), tmp_path, layers_, unpruned))
+    metrics = BENCHMARKS.get(name).run(BenchmarkContext(loaded, bench_config(name, **overrides), tmp_path, layers_, unpruned))
     return metrics
 
 
@@ -315,7 +316,7 @@ def test_quick_benchmark_feeds_images_to_an_image_model_and_skips_decode(tmp_pat
 
     loaded = LoadedModel(SmallCNN().eval(), None, "small_cnn", "image_classifier", CPU, torch.float32, (1, 28, 28))
     config = bench_config("backends", backends=["dense", "structured"], phases=["prefill", "decode"], unpruned=False, batch_size=2)
-    metrics = BENCHMARKS.get("backends")(BenchmarkContext(loaded, config, tmp_path, {}))
+    metrics = BENCHMARKS.get("backends").run(BenchmarkContext(loaded, config, tmp_path, {}))
     rows = {(r["backend"], r["phase"]): r["status"] for r in read_rows(tmp_path / "latency.csv")}
     assert rows[("dense", "prefill")] == "ok"
     assert rows[("dense", "decode")] == "skipped: decode needs a causal LM (this model is a image_classifier)"
@@ -365,7 +366,7 @@ def test_layers_benchmark_times_24_kernels_at_half_sparsity_on_gpu(tmp_path):
     loaded = LoadedModel(model.half().cuda(), object(), "tiny", "causal_lm", torch.device("cuda"), torch.float16)
     layers_ = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and "lm_head" not in n}
     config = bench_config("layers", sparsities=[0.7], repeats=2, kernels=["csr", "semi_structured"], seqlen=64)
-    BENCHMARKS.get("layers")(BenchmarkContext(loaded, config, tmp_path, layers_, None))
+    BENCHMARKS.get("layers").run(BenchmarkContext(loaded, config, tmp_path, layers_, None))
     rows = read_rows(tmp_path / "layers_bench.csv")
     timed_24 = [r for r in rows if r["semi_structured_ms"]]
     assert timed_24 and all(float(r["sparsity"]) == 0.5 and float(r["semi_structured_speedup"]) > 0 for r in timed_24)
@@ -381,10 +382,17 @@ def test_layers_benchmark_times_24_kernels_at_half_sparsity_on_gpu(tmp_path):
     ({"phases": ["prefill", "training"]}, "unknown benchmark phase 'training'"),
     ({"repeats": 0}, "benchmark.repeats must be an integer >= 1"),
     ({"disk_formats": ["zip"]}, "unknown compressed format 'zip'"),
+    ({"repeat": 3}, r"unknown key benchmark.repeat \(did you mean benchmark.repeats\?\)"),
+    ({"flops": "yes"}, r"benchmark.flops must be true or false \(got 'yes'\)"),
 ])
 def test_bad_benchmark_settings_are_refused(overrides, message):
     with pytest.raises(PruneError, match=message):
         benchmark.check_settings(bench_config("backends", **overrides))
+
+
+def test_an_unknown_benchmark_is_refused():
+    with pytest.raises(PruneError, match="unknown benchmark 'stopwatch' \\(choose from: backends, layers, none, quick\\)"):
+        benchmark.check_settings(OmegaConf.create({"name": "stopwatch"}))
 
 
 def test_settings_that_exceed_memory_name_the_setting(monkeypatch):

@@ -186,7 +186,7 @@ def test_unknown_experiment_lists_every_preset(tmp_path, corpus):
 def test_run_header_names_what_the_evaluation_scores(overrides, described):
     from hydra import compose, initialize_config_dir
     from prunecli.config import config_dir
-    from prunecli.pipeline import eval_description
+    from prunecli.records import eval_description
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         assert eval_description(compose("run", overrides=overrides)).startswith(described)

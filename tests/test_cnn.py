@@ -1,4 +1,4 @@
-"""Filter pruning of CNNs (``method=filters``), image data, ``eval=accuracy`` and ``method=sensitivity``.
+"""Filter pruning of CNNs (``method=filters``), image data, ``eval=accuracy`` and ``analysis=sensitivity``.
 
 The reference for every removal is the same filters *dead*: each removed channel's conv filter
 and bias zeroed and its BatchNorm gamma and beta zeroed, so the channel is exactly 0 after
@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from prunecli.analysis import ANALYSES, AnalysisContext
 from prunecli.errors import AssetMissingError, PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.models import LoadedModel
@@ -128,10 +129,13 @@ def n_params(model):
 
 
 def context(model, sparsity=0.5, calibration=None, shape=None, **options):
-    """A filters context; without calibration images the model is traced on ``loaded.example_input`` of ``shape``."""
+    """A filters context; without calibration images the model is traced on ``LoadedModel.example_input`` of ``shape``."""
     opts = OmegaConf.create({"name": "filters", "criterion": "l1", "allocation": "per_layer", **options})
-    loaded = LoadedModel(model, None, "m", "image_classifier", CPU, torch.float32, shape) if shape else None
-    return PruneContext(model, {}, sparsity, None, opts, CPU, calibration=calibration, loaded=loaded)
+    return PruneContext(model, {}, sparsity, None, opts, CPU, calibration=calibration, example_input=example_of(model, shape))
+
+
+def example_of(model, shape):
+    return LoadedModel(model, None, "m", "image_classifier", CPU, torch.float32, shape).example_input(1) if shape else None
 
 
 def images(shape, n=4, seed=0):
@@ -380,10 +384,10 @@ def test_missing_dataset_names_the_apt_package(tmp_path):
     assert torch.equal(x, again)  # a fixed subset
 
 
-def sensitivity_context(model, analysis, evaluate, run_dir, shape=None):
-    options = OmegaConf.create({"name": "sensitivity", "analysis": analysis})
-    loaded = LoadedModel(model, None, "m", "image_classifier", CPU, torch.float32, shape) if shape else None
-    return PruneContext(model, {}, 0.0, None, options, CPU, evaluate=evaluate, run_dir=run_dir, loaded=loaded)
+def sensitivity_context(model, method, analysis, evaluate, run_dir, shape=None):
+    inner = PruneContext(model, {}, 0.0, None, OmegaConf.create(method), CPU, example_input=example_of(model, shape))
+    options = ANALYSES.get("sensitivity").parse({"name": "sensitivity", **analysis}, method["name"])
+    return AnalysisContext(inner, options, evaluate, run_dir)
 
 
 def test_cnn_sensitivity_prunes_one_group_at_a_time_and_writes_table_and_plot(tmp_path):
@@ -394,26 +398,26 @@ def test_cnn_sensitivity_prunes_one_group_at_a_time_and_writes_table_and_plot(tm
         labels = model(x).argmax(1)  # the dense model scores 1.0
     evaluate = lambda m: classification_metrics(m(x).detach(), labels)  # noqa: E731
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ctx = sensitivity_context(model, {"method": "filters", "ratios": [0.25, 0.5], "metric": "auto", "options": {"criterion": "l2"}}, evaluate, tmp_path, (1, 28, 28))
-    METHODS.get("sensitivity").prune(ctx)
+    ctx = sensitivity_context(model, {"name": "filters", "criterion": "l2"}, {"ratios": [0.25, 0.5], "metric": "auto"}, evaluate, tmp_path, (1, 28, 28))
+    summary = ANALYSES.get("sensitivity").run(ctx)
     rows = (tmp_path / "sensitivity.csv").read_text().splitlines()
     assert rows[0] == "unit,ratio,units_total,units_removed,params_removed,metric,dense,value,delta,drop"
     assert [r.split(",")[:4] for r in rows[1:3]] == [["stem.0", "0.25", "16", "4"], ["stem.0", "0.5", "16", "8"]]
     assert len(rows) == 1 + 4 * 2 and (tmp_path / "sensitivity.png").stat().st_size > 0
     assert all(float(r.split(",")[6]) == 1.0 for r in rows[1:])  # dense accuracy
-    assert ctx.stats["sensitivity"]["metric"] == "accuracy" and len(ctx.stats["sensitivity"]["most_sensitive"]) == 4
+    assert summary["metric"] == "accuracy" and len(summary["most_sensitive"]) == 4
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left as it was
 
 
 def test_lm_sensitivity_uses_the_transformer_methods_one_block_at_a_time():
     from prunecli.evaluate.perplexity import perplexity
-    from prunecli.structured.sensitivity import analyse
+    from prunecli.analysis.sensitivity import analyse
 
     model = tiny_model("llama")
     windows = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
     evaluate = lambda m: perplexity(m, windows, progress=False)  # noqa: E731
     params = n_params(model)
-    ctx = sensitivity_context(model, {"method": "ffn", "ratios": [0.5], "metric": "auto", "options": {}}, evaluate, None)
+    ctx = sensitivity_context(model, {"name": "ffn"}, {"ratios": [0.5], "metric": "auto"}, evaluate, None)
     rows = analyse(ctx)
     assert n_params(model) == params
     assert {r["metric"] for r in rows} == {"ppl"}
@@ -421,19 +425,23 @@ def test_lm_sensitivity_uses_the_transformer_methods_one_block_at_a_time():
     assert all(r["drop"] == pytest.approx(r["value"] - r["dense"]) for r in rows)  # ppl: higher is worse
 
 
-def test_sensitivity_config_composes_with_its_top_level_options():
+def test_sensitivity_config_composes_with_the_method_options():
     from hydra import compose, initialize_config_dir
 
     from prunecli.pipeline import needs_calibration, validate
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("run", overrides=["model=small_cnn", "eval=accuracy", "method=sensitivity", "sensitivity.method=filters",
-                                        "sensitivity.ratios=[0.25,0.5]", "+sensitivity.options.criterion=taylor"])
-    assert cfg.method.analysis.ratios == [0.25, 0.5] and cfg.method.name == "sensitivity"
-    _, options = validate(cfg)
-    assert needs_calibration(cfg, METHODS.get("sensitivity"), options)  # taylor needs the calibration images
-    cfg.sensitivity.ratios = [0.5, 1.5]
-    with pytest.raises(PruneError, match=r"sensitivity.ratios must be a non-empty list of numbers in \(0, 1\)"):
+        cfg = compose("run", overrides=["model=small_cnn", "eval=accuracy", "method=filters", "analysis=sensitivity",
+                                        "analysis.ratios=[0.25,0.5]", "method.criterion=taylor"])
+    assert cfg.analysis.ratios == [0.25, 0.5] and cfg.method.name == "filters"
+    options = validate(cfg).options
+    assert needs_calibration(cfg, METHODS.get("filters"), options)  # taylor needs the calibration images
+    cfg.analysis.ratios = [0.5, 1.5]
+    with pytest.raises(PruneError, match=r"analysis.ratios must be a non-empty list of numbers in \(0, 1\)"):
+        validate(cfg)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=["method=magnitude", "analysis=sensitivity"])
+    with pytest.raises(PruneError, match=r"analysis=sensitivity studies method=ffn\|filters\|heads \(got method=magnitude\)"):
         validate(cfg)
 
 

@@ -11,13 +11,13 @@ from omegaconf import OmegaConf
 
 from prunecli import pipeline
 from prunecli.config import config_dir
-from prunecli.data import calibration_windows
+from prunecli.data import calibration_spans, calibration_windows
 from prunecli.data.reviews import review_splits
 from prunecli.errors import PruneError, RunFailedError
 from prunecli.finetune import validate as validate_finetune
 from prunecli.evaluate.accuracy import f1_score
 from prunecli.finetune.classifier import score
-from prunecli.finetune.lm import calibration_spans, lm_loss, mean_ppl, training_windows, window_batches
+from prunecli.finetune.lm import lm_loss, mean_ppl, training_windows, window_batches
 from prunecli.finetune.loop import TrainTask, Trainer, lr_factor
 from prunecli.finetune.masks import MaskKeeper
 from prunecli.methods import METHODS, PruneContext

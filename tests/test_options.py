@@ -64,7 +64,7 @@ def test_an_int_field_takes_exactly_the_non_bool_integers(value):
             parse(Sample, {"count": value}, "x")
 
 
-METHOD_FILES = sorted(p for p in (REPO / "configs" / "method").glob("*.yaml") if p.stem != "sensitivity")
+METHOD_FILES = sorted((REPO / "configs" / "method").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", METHOD_FILES, ids=lambda p: p.stem)
@@ -75,6 +75,26 @@ def test_yaml_defaults_match_the_options(path):
     method = METHODS.get(node["name"])
     assert method.parse(node) == method.options(name=node["name"])
     assert set(node) == {f.name for f in dataclasses.fields(method.options)}
+
+
+def test_every_analysis_yaml_matches_its_options():
+    from prunecli.analysis import ANALYSES
+
+    for name in ANALYSES.names():
+        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "analysis" / f"{name}.yaml"))
+        analysis = ANALYSES.get(name)
+        assert analysis.parse(node, (analysis.methods or ("dense",))[0]) == analysis.options(name=name)
+        assert set(node) == {f.name for f in dataclasses.fields(analysis.options)}
+
+
+def test_every_schedule_yaml_matches_its_options():
+    from prunecli.schedules import SCHEDULES
+
+    for name in SCHEDULES.names():
+        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "schedule" / f"{name}.yaml"))
+        schedule = SCHEDULES.get(name)
+        assert parse(schedule.options, node, "schedule") == schedule.options(name=name)
+        assert set(node) == {f.name for f in dataclasses.fields(schedule.options)}
 
 
 def test_every_registered_method_has_a_config_and_typed_options():

@@ -15,7 +15,8 @@ import pytest
 from prunecli import report
 from prunecli.cli import main as cli_main
 from prunecli.errors import PruneError
-from prunecli.outputs import write_csv, write_run
+from prunecli.outputs import write_csv
+from prunecli.records import write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -155,6 +155,9 @@ def config(**overrides):
     ({"schedule.shape": "quartic"}, "unknown schedule.shape"),
     ({"schedule.initial": 0.7}, "schedule.initial must be in [0, sparsity=0.5]"),
     ({"schedule.frequency": 0}, "schedule.frequency must be an integer >= 1"),
+    ({"schedule.frequency": "two"}, "schedule.frequency must be an integer (got 'two')"),
+    ({"schedule.shap": "cubic"}, "unknown key schedule.shap (did you mean schedule.shape?)"),
+    ({"schedule.name": "annealed"}, "unknown schedule 'annealed' (choose from: gradual, iterative, oneshot)"),
 ])
 def test_bad_schedules_are_rejected(overrides, message):
     with pytest.raises(PruneError, match=None) as err:

@@ -399,9 +399,13 @@ def test_head_mask_zeroes_what_heads_removes():
     torch.testing.assert_close(logits(removed), logits(masked), atol=1e-5, rtol=0)
 
 
-def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_path, corpus):
-    args = ["model=tiny_llama", "benchmark=none", "data.seqlen=32", "data.max_eval_tokens=256", "data.nsamples=4",
+def tiny_cli_args(corpus):
+    return ["model=tiny_llama", "benchmark=none", "data.seqlen=32", "data.max_eval_tokens=256", "data.nsamples=4",
             "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
+
+
+def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_path, corpus):
+    args = tiny_cli_args(corpus)
     result = run_prune("run", *args, "method=ffn", "sparsity=0.5", "method.criterion=l2", "save_model=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
@@ -415,6 +419,21 @@ def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_pat
     assert again.returncode == 0, again.stderr
     reloaded = json.loads(sorted((tmp_path / "outputs").glob("*/*/metrics.json"))[-1].read_text())
     assert reloaded["ppl"] == pytest.approx(metrics["ppl"], rel=1e-6)
+
+
+def test_cli_sensitivity_analysis_studies_the_method_and_leaves_the_model_dense(tmp_path, corpus):
+    args = tiny_cli_args(corpus)
+    result = run_prune("run", *args, "method=heads", "method.criterion=activation", "analysis=sensitivity", "analysis.ratios=[0.5]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["analysis"], metrics["method"], metrics["sparsity_target"], metrics["params_removed"]) == ("sensitivity", "heads", 0.0, 0)
+    rows = list(csv.DictReader((run_dir / "sensitivity.csv").open()))
+    assert [(r["unit"], r["units_removed"]) for r in rows] == [("model.layers.0", "1"), ("model.layers.1", "1")]  # 1 of 2 KV groups
+    assert all(float(r["dense"]) == pytest.approx(metrics["ppl"], rel=1e-9) for r in rows)  # the run's model is the dense one
+    assert metrics["sensitivity"]["method"] == "heads" and "analysis" in metrics["timings"] and metrics["calibration"]["nsamples"] == 4
+    refused = run_prune("run", *args, "method=wanda", "analysis=sensitivity", cwd=tmp_path)
+    assert refused.returncode == 2 and "analysis=sensitivity studies method=ffn|filters|heads (got method=wanda)" in refused.stderr
 
 
 @pytest.mark.parametrize("blocks, message", [([0, 7], r"block indices must be in 0\.\.1"), ([0, 1], "would remove every block")])

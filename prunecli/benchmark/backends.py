@@ -47,10 +47,12 @@ class BackendSettings:
 
 
 def backend_settings(loaded: Any, options: Any) -> BackendSettings:
-    """The settings of this run: its model's device and dtype, the ``benchmark`` options."""
+    """The settings of this run: its model's device and dtype, the ``benchmark`` options
+    (``sparse_min_sparsity`` only where the benchmark converts a whole model)."""
     device = loaded.device
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return BackendSettings(device, loaded.dtype, float(options.get("sparse_min_sparsity", 0.1)), int(options.get("bsr_block", 16)), capability)
+    minimum = options.sparse_min_sparsity if hasattr(options, "sparse_min_sparsity") else BackendSettings.sparse_min_sparsity
+    return BackendSettings(device, loaded.dtype, float(minimum), options.bsr_block, capability)
 
 
 # A backend takes (a copy of the pruned model, settings) and returns the module to time.

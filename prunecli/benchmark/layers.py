@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunecli.benchmark import BENCHMARKS, BenchmarkContext
+from prunecli.benchmark import Benchmark, BenchmarkContext, LayerBenchOptions, register
 from prunecli.benchmark.backends import (
     BackendSettings, BackendSkipped, backend_settings, cpu_sparse_problem, semi_structured_problem, sparse_linear, to_semi_structured,
 )
@@ -100,12 +100,11 @@ def intensity(tokens: int, out_features: int, in_features: int, dtype: torch.dty
 
 def usable_kernels(kernels: list[str], settings: BackendSettings) -> tuple[list[str], dict[str, str]]:
     """The kernels that can run here, and ``{kernel: "skipped: <reason>"}`` for the others
-    (names were checked by :func:`prunecli.benchmark.check_settings`)."""
+    (names were checked by :class:`prunecli.benchmark.LayerBenchOptions`)."""
     problems = {k: KERNELS[k][2](settings) for k in kernels}
     return [k for k in kernels if not problems[k]], {k: f"skipped: {p}" for k, p in problems.items() if p}
 
 
-@BENCHMARKS.register("layers")
 @torch.inference_mode()
 def benchmark_layers(ctx: BenchmarkContext) -> dict:
     options = ctx.settings
@@ -148,3 +147,6 @@ def benchmark_layers(ctx: BenchmarkContext) -> dict:
     write_csv(ctx.run_dir / "layers_bench.csv", rows, columns)
     write_csv(ctx.run_dir / "layers_break_even.csv", crossings, ["shape", "phase", "kernel", "status", "break_even_sparsity"])
     return {"break_even": {f"{c['kernel']}/{c['phase']}/{c['shape']}": c["break_even_sparsity"] for c in crossings if "shape" in c}}
+
+
+register(Benchmark("layers", benchmark_layers, LayerBenchOptions))

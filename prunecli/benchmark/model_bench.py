@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunecli.benchmark import BENCHMARKS, BenchmarkContext
+from prunecli.benchmark import Benchmark, BenchmarkContext, ModelBenchOptions, register
 from prunecli.benchmark.backends import BackendSettings, BackendSkipped, SparseLinear, backend_settings, build
 from prunecli.benchmark.flops import block_nonzeros, count_flops, half_of_24, nonzeros
 from prunecli.benchmark.sizes import disk_bytes, model_bytes
@@ -84,10 +84,10 @@ def build_candidates(ctx: BenchmarkContext, settings: BackendSettings, inputs: t
     candidates: dict[str, nn.Module] = {}
     left_out: dict[str, str] = {}
     if ctx.unpruned is not None:
-        candidates["unpruned"] = torch.compile(ctx.unpruned) if options.get("compile", False) else ctx.unpruned
+        candidates["unpruned"] = torch.compile(ctx.unpruned) if options.compile else ctx.unpruned
     for name in options.backends:
         try:
-            candidates[name] = build(name, ctx.loaded.model, settings, bool(options.get("compile", False))).eval()
+            candidates[name] = build(name, ctx.loaded.model, settings, options.compile).eval()
         except BackendSkipped as reason:
             left_out[name] = f"skipped: {reason}"
     calls = {name: (lambda model=model: model(*args, **forward_kwargs(kwargs))) for name, model in candidates.items()}
@@ -137,8 +137,6 @@ def flops_of(candidates: dict[str, nn.Module], dense_model: nn.Module, inputs: t
     return result
 
 
-@BENCHMARKS.register("quick")
-@BENCHMARKS.register("backends")
 @torch.inference_mode()
 def benchmark_backends(ctx: BenchmarkContext) -> dict:
     options, loaded = ctx.settings, ctx.loaded
@@ -165,7 +163,7 @@ def measure(ctx: BenchmarkContext, candidates: dict[str, nn.Module], inputs: tup
     expected = logits(candidates[dense_name](*args, **prefill_kwargs)).float()
     diffs = {name: (logits(model(*args, **prefill_kwargs)).float() - expected).abs().max().item()
              for name, model in candidates.items() if name != "unpruned"}  # the model before pruning differs, of course
-    flops = flops_of(candidates, loaded.model, inputs, settings.bsr_block) if options.get("flops", True) else {}
+    flops = flops_of(candidates, loaded.model, inputs, settings.bsr_block) if options.flops else {}
     memory = {}
     for name, model in candidates.items():
         with peak_memory(device) as peak:
@@ -210,10 +208,14 @@ def measure(ctx: BenchmarkContext, candidates: dict[str, nn.Module], inputs: tup
             metrics["flops_unpruned"] = flops["unpruned"]
             metrics["flops_ratio"] = flops["unpruned"] / metrics["flops"]
     metrics["model_mb"] = model_bytes(loaded.model) / MB
-    formats = list(options.get("disk_formats") or [])
+    formats = list(options.disk_formats)
     if formats:
         with tempfile.TemporaryDirectory() as folder:
             for fmt, size in disk_bytes(loaded.model, Path(folder), formats).items():
                 metrics[f"disk_mb_{fmt}"] = size / MB
     metrics["backends"] = {row["backend"] + "/" + row["phase"]: {k: row[k] for k in ("median_ms", "speedup", "efficiency")} for row in rows if row["status"] == "ok"}
     return rows, metrics
+
+
+register(Benchmark("quick", benchmark_backends, ModelBenchOptions))
+register(Benchmark("backends", benchmark_backends, ModelBenchOptions))

@@ -23,37 +23,55 @@ def load_documents(source_cfg: Any) -> list[str]:
     return TEXT_SOURCES.get(source_cfg.source)(source_cfg)
 
 
-def calibration_windows(tokenizer: Any, documents: list[str], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``nsamples`` windows of ``seqlen`` tokens, drawn exactly as the reference code does.
+class TokenCache:
+    """``tokens(i)``: the token ids of ``documents[i]`` (no special tokens), each document
+    tokenised once until ``forget(i)``."""
 
-    ``random.seed(seed)``; repeat: ``i = randint(0, len(docs) - 1)``; tokenise doc ``i``; if it
-    has no more than ``seqlen`` tokens draw again, else ``j = randint(0, ntok - seqlen - 1)``
-    and take ``tokens[j : j + seqlen]``. Returns a ``(nsamples, seqlen)`` LongTensor.
+    def __init__(self, tokenizer: Any, documents: list[str]):
+        self.tokenizer, self.documents = tokenizer, documents
+        self.cache: dict[int, list[int]] = {}
+
+    def __call__(self, i: int) -> list[int]:
+        if i not in self.cache:
+            self.cache[i] = self.tokenizer(self.documents[i], add_special_tokens=False)["input_ids"]
+        return self.cache[i]
+
+    def forget(self, i: int) -> None:
+        self.cache.pop(i, None)
+
+
+def calibration_spans(tokens_of: Callable[[int], list[int]], ndocs: int, nsamples: int, seqlen: int, seed: int) -> list[tuple[int, int]]:
+    """``(document, start)`` of each calibration window, the reference code's rule:
+
+    ``random.seed(seed)``; repeat: ``i = randint(0, ndocs - 1)``; if document ``i`` has no more
+    than ``seqlen`` tokens draw again, else ``j = randint(0, ntok - seqlen - 1)``: the window is
+    ``tokens[j : j + seqlen]``. No document longer than ``seqlen``: no spans.
     """
+    if not any(len(tokens_of(i)) > seqlen for i in range(ndocs)):
+        return []
+    rng = random.Random(seed)
+    spans = []
+    while len(spans) < nsamples:
+        i = rng.randint(0, ndocs - 1)
+        ntok = len(tokens_of(i))
+        if ntok <= seqlen:
+            continue
+        spans.append((i, rng.randint(0, ntok - seqlen - 1)))
+    return spans
+
+
+def calibration_windows(tokenizer: Any, documents: list[str], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """``nsamples`` windows of ``seqlen`` tokens drawn by :func:`calibration_spans`: a ``(nsamples, seqlen)`` LongTensor."""
     if nsamples < 1:
         raise PruneError(f"data.nsamples must be at least 1 (got {nsamples})")
-    token_cache: dict[int, list[int]] = {}
-
-    def tokens_of(i: int) -> list[int]:
-        if i not in token_cache:
-            token_cache[i] = tokenizer(documents[i], add_special_tokens=False)["input_ids"]
-        return token_cache[i]
-
-    if not any(len(tokens_of(i)) > seqlen for i in range(len(documents))):
+    tokens_of = TokenCache(tokenizer, documents)
+    spans = calibration_spans(tokens_of, len(documents), nsamples, seqlen, seed)
+    if not spans:
         raise PruneError(
             f"calibration text is too short: no document has more than data.seqlen={seqlen} tokens "
             f"({len(documents)} documents); lower data.seqlen or use a longer corpus"
         )
-    rng = random.Random(seed)
-    windows = []
-    while len(windows) < nsamples:
-        i = rng.randint(0, len(documents) - 1)
-        tokens = tokens_of(i)
-        if len(tokens) <= seqlen:
-            continue
-        j = rng.randint(0, len(tokens) - seqlen - 1)
-        windows.append(tokens[j : j + seqlen])
-    return torch.tensor(windows, dtype=torch.long)
+    return torch.tensor([tokens_of(i)[j : j + seqlen] for i, j in spans], dtype=torch.long)
 
 
 def eval_windows(tokenizer: Any, documents: list[str], seqlen: int, max_tokens: int | None) -> torch.Tensor:

@@ -83,8 +83,7 @@ class FineTune:
     task: TrainTask
     total_steps: int  # updates per round (iterative: per cycle)
     data_info: dict
-    gradual: tuple[int, int] | None = None  # (start_step, end_step)
-    extra: dict = field(default_factory=dict)
+    schedule: schedules.ScheduleOptions = field(default_factory=schedules.ScheduleOptions)
 
     def run(self, ctx: Any, layers: dict, evaluate: Callable[[torch.nn.Module], dict], run_dir: Path | None,
             keep_masks: bool = True) -> dict:
@@ -92,9 +91,9 @@ class FineTune:
         zeros of ``layers`` are pruned weights to keep (False for a method that prunes nothing)."""
         cfg, o = self.cfg, self.cfg.finetune
         model = ctx.model
-        schedule = cfg.schedule.name if cfg.get("schedule") else "oneshot"
+        schedule = schedules.SCHEDULES.get(self.schedule.name)
         metrics: dict[str, Any] = {}
-        if o.get("eval_before", True) and schedule == "oneshot":
+        if o.get("eval_before", True) and not schedule.prunes:
             before = evaluate(model)
             metrics.update({f"{key}_before_finetune": before[key] for key in BEFORE_KEYS if key in before})
         keeper = MaskKeeper(layers if keep_masks else {})  # a dense baseline has no masks to keep
@@ -104,35 +103,9 @@ class FineTune:
             from prunecli.finetune import lora
 
             train_model = lora.wrap(model, list(layers), o)
-        repruner = schedules.Repruner(ctx, bool(cfg.schedule.get("recollect", False))) if schedule != "oneshot" else None
-        seed = int(o.get("seed", 0))
-        cycles: list[dict] = []
-        if schedule == "gradual":
-            start, end = self.gradual
-            events = schedules.gradual_events(float(cfg.schedule.initial), float(cfg.sparsity), start, end,
-                                              int(cfg.schedule.frequency), cfg.schedule.shape)
-
-            def on_step(t: int, optimizer: torch.optim.Optimizer) -> None:
-                if t in events and events[t] > 0:
-                    repruner.prune_to(events[t], step=t)
-                    keeper.record()
-                    keeper.register_hooks()
-                    keeper.clear_state(optimizer)
-
-            result = trainer.train(train_model, self.task, self.total_steps, keeper, on_step=on_step, select_from=end + 1, seed=seed)
-        elif schedule == "iterative":
-            targets = schedules.iterative_targets(int(cfg.schedule.cycles), float(cfg.schedule.get("initial", 0.0)), float(cfg.sparsity), cfg.schedule.shape)
-            result = {}
-            for cycle, target in enumerate(targets, 1):
-                repruner.prune_to(target, step=trainer.step_offset)
-                keeper.record()
-                pruned_value = trainer.validate(train_model, self.task)
-                result = trainer.train(train_model, self.task, self.total_steps, keeper, cycle=cycle, seed=seed + cycle)
-                cycles.append({"cycle": cycle, "sparsity": keeper.sparsity(), f"{self.task.metric}_pruned": pruned_value,
-                               f"{self.task.metric}_final": result.get("final_" + self.task.metric),
-                               f"{self.task.metric}_best": result.get("best_" + self.task.metric), "best_step": result.get("best_step")})
-        else:
-            result = trainer.train(train_model, self.task, self.total_steps, keeper, seed=seed)
+        repruner = schedules.Repruner(ctx, self.schedule.recollect) if schedule.prunes else None
+        run = schedules.Training(trainer, self.task, train_model, self.total_steps, keeper, repruner, float(cfg.sparsity), int(o.get("seed", 0)))
+        result, cycles = schedule.train(self.schedule, run)
         if self.kind == "lora":
             from prunecli.finetune import lora
 
@@ -178,7 +151,7 @@ def plan(loaded: Any, cfg: Any, calibration: torch.Tensor | None = None) -> Fine
         hint = {"sequence_classifier": "model=minilm_classifier (MiniLM + a classification head)", "causal_lm": "a causal LM such as model=smollm2_135m"}[TASK_OF[kind]]
         raise PruneError(f"finetune={kind} trains a {TASK_OF[kind]}, but model {loaded.name} is a {loaded.task}: use {hint}")
     if loaded.dtype != torch.float32:
-        raise PruneError(f"fine-tuning needs fp32 master weights: set model.dtype=fp32 (finetune.precision=bf16|fp16 gives mixed-precision compute on CUDA)")
+        raise PruneError("fine-tuning needs fp32 master weights: set model.dtype=fp32 (finetune.precision=bf16|fp16 gives mixed-precision compute on CUDA)")
     if o.precision in ("bf16", "fp16") and loaded.device.type != "cuda":
         raise PruneError(f"finetune.precision={o.precision} is CUDA autocast; on {loaded.device.type} use finetune.precision=auto or fp32")
     batch, accum = int(o.batch_size), int(o.grad_accum)
@@ -187,10 +160,9 @@ def plan(loaded: Any, cfg: Any, calibration: torch.Tensor | None = None) -> Fine
     else:
         task, info = classifier_task(loaded, cfg, batch)
     steps = total_steps(o, task.micro_batches_per_epoch)
-    gradual = None
-    if not schedules.is_oneshot(cfg) and cfg.schedule.name == "gradual":
-        gradual = schedules.resolve_gradual(cfg.schedule, steps)
-    return FineTune(kind, cfg, task, steps, info, gradual)
+    schedule = schedules.options_of(cfg)
+    schedules.SCHEDULES.get(schedule.name).check_steps(schedule, steps)
+    return FineTune(kind, cfg, task, steps, info, schedule)
 
 
 def lm_task(loaded: Any, cfg: Any, calibration: torch.Tensor | None, batch: int, accum: int) -> tuple[TrainTask, dict]:
@@ -200,7 +172,8 @@ def lm_task(loaded: Any, cfg: Any, calibration: torch.Tensor | None, batch: int,
     seqlen = int(o.seqlen)
     if seqlen > loaded.max_length:
         raise PruneError(f"finetune.seqlen={seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
-    rounds = int(cfg.schedule.cycles) if cfg.get("schedule") and cfg.schedule.name == "iterative" else 1
+    schedule = schedules.options_of(cfg)
+    rounds = schedules.SCHEDULES.get(schedule.name).rounds(schedule)
     needed = int(o.steps) * batch * accum * rounds if o.get("steps") is not None else None
     text = training_windows(loaded.tokenizer, cfg, needed, calibration)
     if len(text.train) < batch:

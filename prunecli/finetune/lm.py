@@ -7,9 +7,8 @@ cut as follows:
    ``data.seed``), each tokenised on its own (``add_special_tokens=False``, exactly as the
    calibration sampler does) and packed into one stream, separated by the EOS (else SEP) token.
 2. When ``finetune.data`` is the calibration source, the calibration windows of this run's
-   ``data.nsamples`` / ``data.seqlen`` / ``data.seed`` are re-drawn with the reference rule
-   (:func:`calibration_spans`, checked against :func:`prunecli.data.calibration_windows` by a
-   test) and every token of their document spans is marked.
+   ``data.nsamples`` / ``data.seqlen`` / ``data.seed`` are re-drawn with the sampler's own rule
+   (:func:`prunecli.data.calibration_spans`) and every token of their document spans is marked.
 3. The stream is cut into non-overlapping windows of ``finetune.seqlen`` tokens; a window
    touching a marked token is dropped, and so is any window identical to a calibration window
    (so a copy of the calibration text under another source is caught too).
@@ -32,26 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from prunecli.data import eval_windows, load_documents
+from prunecli.data import TokenCache, calibration_spans, eval_windows, load_documents
 from prunecli.errors import PruneError
 
 log = logging.getLogger(__name__)
-
-
-def calibration_spans(tokens_of: Callable[[int], list[int]], ndocs: int, nsamples: int, seqlen: int, seed: int) -> list[tuple[int, int]]:
-    """(document, start) of each calibration window, drawn with the reference rule of
-    :func:`prunecli.data.calibration_windows` (same RNG calls, same order)."""
-    if not any(len(tokens_of(i)) > seqlen for i in range(ndocs)):
-        return []
-    rng = random.Random(seed)
-    spans = []
-    while len(spans) < nsamples:
-        i = rng.randint(0, ndocs - 1)
-        ntok = len(tokens_of(i))
-        if ntok <= seqlen:
-            continue
-        spans.append((i, rng.randint(0, ntok - seqlen - 1)))
-    return spans
 
 
 @dataclass
@@ -74,12 +57,7 @@ def training_windows(tokenizer: Any, cfg: Any, needed: int | None, calibration: 
     o = cfg.finetune
     seqlen = int(o.seqlen)
     documents = load_documents(o.data)
-    cache: dict[int, list[int]] = {}
-
-    def tokens_of(i: int) -> list[int]:
-        if i not in cache:
-            cache[i] = tokenizer(documents[i], add_special_tokens=False)["input_ids"]
-        return cache[i]
+    tokens_of = TokenCache(tokenizer, documents)
 
     marked: dict[int, list[tuple[int, int]]] = {}
     if same_source(o.data, cfg.data.calibration):
@@ -123,7 +101,7 @@ def training_windows(tokenizer: Any, cfg: Any, needed: int | None, calibration: 
         cut = 0
         if want is not None and len(windows) >= want:
             break
-        cache.pop(i, None)  # calibration draws are done: keep memory flat
+        tokens_of.forget(i)  # calibration draws are done: keep memory flat
     rng = random.Random(int(o.seed) + 1)
     rng.shuffle(windows)
     tensor = torch.tensor(windows, dtype=torch.long).view(-1, seqlen)

@@ -96,11 +96,7 @@ class PruneContext:
     calibration: torch.Tensor | None = field(repr=False, default=None)  # (nsamples, seqlen) token windows
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # per-layer targets (allocation)
     stats: dict = field(default_factory=dict)  # method-specific figures for metrics.json
-    # Set by the pipeline: the LoadedModel (task, example input: method=filters traces with it),
-    # the run's evaluator and run directory (method=sensitivity evaluates and writes files).
-    loaded: Any = field(repr=False, default=None)
-    evaluate: Callable[[nn.Module], dict] | None = field(repr=False, default=None)
-    run_dir: Any = None
+    example_input: tuple[tuple, dict] | None = field(repr=False, default=None)  # (args, kwargs) of one forward (method=filters traces with it)
 
     def __post_init__(self) -> None:
         if not isinstance(self.options, MethodOptions):
@@ -134,7 +130,7 @@ def _import_methods() -> None:
 
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
-    for module in ("prunecli.structured.methods", "prunecli.structured.cnn.methods", "prunecli.structured.sensitivity"):
+    for module in ("prunecli.structured.methods", "prunecli.structured.cnn.methods"):
         importlib.import_module(module)
 
 

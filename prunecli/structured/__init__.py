@@ -4,8 +4,10 @@ One concern per module:
 
 * :mod:`groups`: per model family, which weight slices of a block belong together
   (attention heads / GQA KV groups, FFN neurons);
-* :mod:`importance`: criteria giving one score per group (``l1``, ``l2``, ``taylor``,
-  ``activation``, ``entropy``, ``confidence``) and Block Influence for whole blocks;
+* :mod:`criteria`: what transformers and CNNs share: one criterion registry, the weight
+  criteria (``l1``, ``l2``, ``taylor``), gradient collection, the plan -> apply -> record skeleton;
+* :mod:`importance`: the transformer's evidence and its own criteria (``activation``,
+  ``fluctuation``, ``entropy``, ``confidence``), Block Influence for whole blocks;
 * :mod:`select`: which groups go (``per_layer`` or ``global`` ranking, GQA constraints);
 * :mod:`compensation`: FLAP bias compensation for the removed inputs;
 * :mod:`mask`: zero the chosen slices, shapes unchanged (the masked-vs-removed contrast);

@@ -1,10 +1,9 @@
-"""Importance criteria: one score per unit (head, KV group, neuron); the lowest scores go first.
+"""Transformer criteria: one score per unit (head, KV group, neuron); the lowest scores go first.
 
-For unit ``u`` owning weight slices ``S_u`` (all its coupled rows/columns, :mod:`groups`):
+A unit ``u`` owns weight slices ``S_u`` (all its coupled rows/columns, :mod:`groups`);
+``l1``, ``l2`` and ``taylor`` are the shared weight criteria (:mod:`criteria`; ``taylor``'s
+loss: the mean causal-LM loss over the calibration windows). Only transformers have:
 
-* ``l1``: ``sum_{w in S_u} |w|``; ``l2``: ``sqrt(sum_{w in S_u} w^2)``;
-* ``taylor`` (first order, LLM-Pruner's element-wise form): ``sum_{w in S_u} |g_w * w|``,
-  ``g`` the gradient of the mean causal-LM loss over the calibration windows;
 * ``activation`` (Wanda-style): ``sum_{j in C_u} ||X_j||_2 * ||W_o[:, j]||_2`` over the unit's
   input columns ``C_u`` of the output projection (down_proj / o_proj), ``||X_j||`` the norm of
   that input feature over all calibration tokens;
@@ -25,7 +24,6 @@ Statistics are computed on the unpruned model, once, when a criterion (or FLAP) 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
@@ -36,7 +34,7 @@ from prunecli.errors import PruneError
 from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.targets import weight_matrix
 from prunecli.models.layout import blocks_of
-from prunecli.registry import Registry
+from prunecli.structured.criteria import CRITERIA, Criterion, Owned, criterion_for, loss_gradients
 from prunecli.structured.groups import BlockGroups, Coupling, EmptyAttention, Family
 
 
@@ -154,24 +152,15 @@ class Evidence:
             raise PruneError(f"criterion taylor needs a causal LM (its loss on the calibration tokens); {type(model).__name__} has none")
         batches = self.batches("criterion taylor")
         paths = {(g.block, c.path) for g in self.groups for c in g.couplings}
-        params = {key: self.blocks[key[0]].get_submodule(key[1]).weight for key in paths}
-        flags = {p: p.requires_grad for p in model.parameters()}
-        try:
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for p in params.values():
-                p.requires_grad_(True)
-                p.grad = None
-            total = sum(len(b) for b in batches)
-            with torch.enable_grad():
-                for batch in batches:
-                    loss = model(input_ids=batch, labels=batch).loss * (len(batch) / total)
-                    loss.backward()
-            return {key: as_matrix(self._layer(key), p.grad).clone() for key, p in params.items()}
-        finally:
-            for p, flag in flags.items():
-                p.grad = None
-                p.requires_grad_(flag)
+        params = {key: self._layer(key).weight for key in paths}
+        total = sum(len(b) for b in batches)
+        losses = (lambda batch=batch: model(input_ids=batch, labels=batch).loss * (len(batch) / total) for batch in batches)
+        return {key: as_matrix(self._layer(key), grad) for key, grad in loss_gradients(model, params, losses).items()}
+
+    def owned(self, groups: BlockGroups) -> list[Owned]:
+        """Each coupled layer's rows (``axis`` 0) or columns (1) of the group's units, on the ``(out, in)`` view."""
+        block = self.blocks[groups.block]
+        return [Owned((groups.block, c.path), weight_matrix(block.get_submodule(c.path)), _unit_lines(c)) for c in groups.couplings]
 
     def _layer(self, key: tuple[int, str]) -> nn.Module:
         return self.blocks[key[0]].get_submodule(key[1])
@@ -184,41 +173,21 @@ def as_matrix(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.t() if isinstance(module, Conv1D) else tensor
 
 
-def unit_sums(matrix: torch.Tensor, coupling: Coupling) -> torch.Tensor:
-    """``sum`` of ``matrix`` (``(out, in)``) over each unit's rows / columns -> (units,)."""
-    lines = matrix.sum(1 - coupling.axis)  # per row (axis 0) or per column (axis 1)
-    return lines[coupling.index].sum(1)
+def _unit_lines(coupling: Coupling):
+    """``(out, in)`` matrix -> ``(units, k)``: unit ``u``'s rows or columns ``index[u]``, flattened."""
+    def lines(matrix: torch.Tensor) -> torch.Tensor:
+        index = coupling.index.to(matrix.device)
+        picked = matrix[index] if coupling.axis == 0 else matrix[:, index].movedim(0, -1)  # (units, width, k)
+        return picked.reshape(len(index), -1)
 
-
-@dataclass(frozen=True)
-class Criterion:
-    score: Callable[[BlockGroups, nn.Module, Evidence], torch.Tensor]  # (groups, block, evidence) -> (units,)
-    needs_data: bool
-    kinds: tuple[str, ...] = ("heads", "ffn")
-
-
-CRITERIA: Registry[Criterion] = Registry("structured criterion")
-
-
-def _weight_sums(groups: BlockGroups, block: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    total = torch.zeros(groups.units, dtype=torch.float64)
-    for c in groups.couplings:
-        total += unit_sums(transform(weight_matrix(block.get_submodule(c.path)).double()), c).cpu()
-    return total
-
-
-def _taylor(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
-    total = torch.zeros(groups.units, dtype=torch.float64)
-    for c in groups.couplings:
-        weight = weight_matrix(block.get_submodule(c.path)).double()
-        total += unit_sums((evidence.gradients[(groups.block, c.path)].double() * weight).abs(), c).cpu()
-    return total
+    return lines
 
 
 def _output_columns(per_column: Callable[[InputMoments, torch.Tensor], torch.Tensor]):
     """A score summed over each unit's input columns of the output projection: ``per_column(moments, W_o)``."""
-    def score(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
+    def score(evidence: Evidence, groups: BlockGroups) -> torch.Tensor:
         total = torch.zeros(groups.units, dtype=torch.float64)
+        block = evidence.blocks[groups.block]
         for c in (c for c in groups.couplings if c.role == "out"):
             weight = weight_matrix(block.get_submodule(c.path)).double()
             columns = per_column(evidence.out_moments[(groups.block, c.path)], weight)
@@ -233,30 +202,25 @@ _fluctuation = _output_columns(lambda moments, weight: moments.variance().to(wei
 
 
 def _attention_score(key: str, sign: float):
-    def score(groups: BlockGroups, block: nn.Module, evidence: Evidence) -> torch.Tensor:
+    def score(evidence: Evidence, groups: BlockGroups) -> torch.Tensor:
         per_head = evidence.attention[groups.block][key].cpu()
         return sign * per_head[groups.query_heads].sum(1)
 
     return score
 
 
-CRITERIA.register("l1")(Criterion(lambda g, b, e: _weight_sums(g, b, torch.abs), needs_data=False))
-CRITERIA.register("l2")(Criterion(lambda g, b, e: _weight_sums(g, b, torch.square).sqrt(), needs_data=False))
-CRITERIA.register("taylor")(Criterion(_taylor, needs_data=True))
-CRITERIA.register("activation")(Criterion(_activation, needs_data=True))
-CRITERIA.register("fluctuation")(Criterion(_fluctuation, needs_data=True))
-CRITERIA.register("entropy")(Criterion(_attention_score("entropy", -1.0), needs_data=True, kinds=("heads",)))
-CRITERIA.register("confidence")(Criterion(_attention_score("confidence", 1.0), needs_data=True, kinds=("heads",)))
+CRITERIA.add("activation", Criterion(_activation, needs_data=True, kinds=("heads", "ffn")))
+CRITERIA.add("fluctuation", Criterion(_fluctuation, needs_data=True, kinds=("heads", "ffn")))
+CRITERIA.add("entropy", Criterion(_attention_score("entropy", -1.0), needs_data=True, kinds=("heads",)))
+CRITERIA.add("confidence", Criterion(_attention_score("confidence", 1.0), needs_data=True, kinds=("heads",)))
 
 
 def scores(criterion: str, kind: str, groups: list[BlockGroups], evidence: Evidence) -> list[torch.Tensor]:
     """One score per unit for every block (fp64, CPU)."""
-    chosen = CRITERIA.get(criterion)
-    if kind not in chosen.kinds:
-        raise PruneError(f"criterion {criterion} scores {', '.join(chosen.kinds)} only, not {kind}")
+    chosen = criterion_for(criterion, kind)
     if chosen.needs_data:
         evidence.windows(f"criterion {criterion}")
-    return [chosen.score(g, evidence.blocks[g.block], evidence) if g.units else torch.zeros(0, dtype=torch.float64) for g in groups]
+    return [chosen.score(evidence, g) if g.units else torch.zeros(0, dtype=torch.float64) for g in groups]
 
 
 @torch.inference_mode()

@@ -27,7 +27,8 @@ from prunecli.models.layout import blocks_of
 from prunecli.options import at_least
 from prunecli.structured.compensation import add_to_bias, bias_deltas
 from prunecli.structured.groups import BlockGroups, family_of, head_counts, model_groups
-from prunecli.structured.importance import CRITERIA, Evidence, block_influence, scores
+from prunecli.structured.criteria import CRITERIA, check_context, criterion_for, prune_structured
+from prunecli.structured.importance import Evidence, block_influence, scores
 from prunecli.structured.mask import mask_units
 from prunecli.structured.remove import remove_blocks, remove_units, sync_config
 from prunecli.structured.select import SELECTIONS, each_unit, query_head_slots, select
@@ -49,6 +50,9 @@ class Plan:
     removed: list[torch.Tensor]
     bias: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
 
+    def sizes(self) -> list[int]:
+        return [g.units for g in self.groups]
+
 
 @dataclass(frozen=True)
 class UnitOptions(CalibratedOptions):
@@ -62,9 +66,7 @@ class UnitOptions(CalibratedOptions):
 
     def check(self, prefix: str) -> None:
         super().check(prefix)
-        criterion, kind = CRITERIA.get(self.criterion), KINDS[self.name]
-        if kind not in criterion.kinds:
-            raise PruneError(f"criterion {self.criterion} scores {', '.join(criterion.kinds)} only, not {kind}")
+        criterion_for(self.criterion, KINDS[self.name])
         SELECTIONS.get(self.allocation)
         at_least(self, prefix, "calibration_nsamples", 1)
 
@@ -101,13 +103,6 @@ def unit_calibration(options: UnitOptions) -> bool:
 def layer_calibration(options: LayerOptions) -> bool:
     """Block Influence needs calibration windows; explicit ``layers_to_remove`` do not."""
     return options.layers_to_remove is None
-
-
-def _check_context(ctx: PruneContext) -> None:
-    if ctx.nm is not None:
-        raise PruneError(f"method={ctx.options.name} removes whole structures; use pattern=unstructured")
-    if ctx.layer_sparsity:
-        raise PruneError(f"method={ctx.options.name} ranks its own units; use allocation=uniform (and method.allocation=per_layer|global)")
 
 
 def choose(model: torch.nn.Module, kind: str, options: UnitOptions, sparsity: float, unit_scores: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -185,11 +180,7 @@ def record(ctx: PruneContext, plan: Plan) -> None:
 
 
 def prune_units(ctx: PruneContext, kind: str, physically: bool) -> None:
-    _check_context(ctx)
-    chosen, _ = plan(ctx, kind)
-    apply(ctx.model, chosen, physically)
-    record(ctx, chosen)
-    log.info("%s: removed %s of %s units per layer", kind, [len(r) for r in chosen.removed], [g.units for g in chosen.groups])
+    prune_structured(ctx, NOUNS[kind] + "s", lambda c: plan(c, kind)[0], apply, record, physically)
 
 
 def heads(ctx: PruneContext) -> None:
@@ -222,7 +213,7 @@ def blocks_to_remove(ctx: PruneContext) -> tuple[list[int], list[float] | None]:
 
 def layers(ctx: PruneContext) -> None:
     """Remove whole blocks (ShortGPT)."""
-    _check_context(ctx)
+    check_context(ctx, "blocks")
     doomed, influence = blocks_to_remove(ctx)
     if doomed:
         remove_blocks(ctx.model, doomed)

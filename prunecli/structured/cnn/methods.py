@@ -18,7 +18,6 @@ convs: a group is pruned only if every conv producing it is selected.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,11 +27,10 @@ from torch import nn
 from prunecli.errors import PruneError
 from prunecli.methods import SHAPES, CalibratedOptions, Method, PruneContext, register
 from prunecli.structured.cnn.graph import ChannelGraph, ChannelGroup, example_call
-from prunecli.structured.cnn.importance import CRITERIA, Evidence, scores
+from prunecli.structured.cnn.importance import Evidence, scores
+from prunecli.structured.criteria import CRITERIA, criterion_for, prune_structured
 from prunecli.structured.cnn.remove import mask_filters, remove_filters
 from prunecli.structured.select import SELECTIONS, each_unit, select
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class FilterOptions(CalibratedOptions):
 
     def check(self, prefix: str) -> None:
         super().check(prefix)
-        CRITERIA.get(self.criterion)
+        criterion_for(self.criterion, "filters")
         SELECTIONS.get(self.allocation)
 
 
@@ -63,6 +61,9 @@ class FilterPlan:
     groups: list[ChannelGroup]
     removed: list[torch.Tensor]
 
+    def sizes(self) -> list[int]:
+        return [g.size for g in self.groups]
+
     def by_space(self) -> dict[int, torch.Tensor]:
         return {g.space: r for g, r in zip(self.groups, self.removed)}
 
@@ -71,9 +72,8 @@ def example_input(ctx: PruneContext) -> tuple[tuple, dict]:
     """One input to trace with: a calibration image, else the loaded model's example input."""
     if isinstance(ctx.calibration, tuple):  # (images, labels)
         return (ctx.calibration[0][:1].to(ctx.device),), {}
-    loaded = getattr(ctx, "loaded", None)
-    if loaded is not None and hasattr(loaded, "example_input"):
-        return example_call(loaded.example_input(1))
+    if ctx.example_input is not None:
+        return example_call(ctx.example_input)
     raise PruneError("method=filters needs an example input to trace the model (an image model with model.input_shape)")
 
 
@@ -105,7 +105,7 @@ def candidate_groups(graph: ChannelGraph, ctx: PruneContext) -> list[ChannelGrou
 
 def group_scores(ctx: PruneContext, graph: ChannelGraph, groups: list[ChannelGroup]) -> list[torch.Tensor]:
     evidence = Evidence(ctx.model, graph, ctx.calibration, ctx.options.calibration_batch_size, ctx.device)
-    return scores(ctx.options.criterion, ctx.model, groups, evidence)
+    return scores(ctx.options.criterion, groups, evidence)
 
 
 def plan(ctx: PruneContext, graph: ChannelGraph | None = None) -> FilterPlan:
@@ -153,20 +153,8 @@ def record(ctx: PruneContext, chosen: FilterPlan) -> None:
     }
 
 
-def _check_context(ctx: PruneContext) -> None:
-    if ctx.nm is not None:
-        raise PruneError(f"method={ctx.options.name} removes whole filters; use pattern=unstructured")
-    if ctx.layer_sparsity:
-        raise PruneError(f"method={ctx.options.name} ranks its own filters; use allocation=uniform (and method.allocation=per_layer|global)")
-
-
 def prune_filters(ctx: PruneContext, physically: bool) -> FilterPlan:
-    _check_context(ctx)
-    chosen = plan(ctx)
-    apply(ctx.model, chosen, physically)
-    record(ctx, chosen)
-    log.info("filters: removed %s of %s filters per group", [len(r) for r in chosen.removed], [g.size for g in chosen.groups])
-    return chosen
+    return prune_structured(ctx, "filters", plan, apply, record, physically)
 
 
 def filters(ctx: PruneContext) -> None:

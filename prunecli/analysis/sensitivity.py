@@ -1,20 +1,19 @@
-"""``method=sensitivity``: how much does each layer alone cost when pruned?
+"""``analysis=sensitivity``: how much does each layer alone cost when pruned?
 
-For every *unit* of a structured method (``filters``: each channel group of a CNN; ``ffn`` /
-``heads``: each transformer block) and every ratio in ``sensitivity.ratios``: prune only that
-unit at that ratio on a copy of the model (the method's own criterion and per-layer ranking),
-evaluate it with the run's evaluator, record the change of the metric, drop the copy. The model
-of the run is left unpruned.
+For every *unit* of the run's structured method (``filters``: each channel group of a CNN;
+``ffn`` / ``heads``: each transformer block) and every ratio in ``analysis.ratios``: prune only
+that unit at that ratio on a copy of the model (the method's own criterion and per-layer
+ranking), evaluate it with the run's evaluator, record the change of the metric, drop the copy.
+The model of the run is left unpruned.
 
 Writes ``sensitivity.csv`` (one row per unit and ratio: ``unit, ratio, units_total,
 units_removed, params_removed, metric, dense, value, delta, drop``; ``drop`` > 0 is worse:
 accuracy lost or perplexity gained) and ``sensitivity.png`` (drop against ratio, one line per
 unit; needs matplotlib) into the run directory.
 
-Options (``configs/method/sensitivity.yaml``, top-level ``sensitivity`` node): ``method``,
-``ratios``, ``metric`` (``auto``: ``accuracy`` if the evaluator reports it, else ``ppl``),
-``options`` (overrides of ``configs/method/<method>.yaml``, e.g. ``{criterion: l1}``).
-A new structured method joins by registering an :data:`ANALYSES` entry.
+Options (``configs/analysis/sensitivity.yaml``): ``ratios``, ``metric`` (``auto``: ``accuracy``
+if the evaluator reports it, else ``ppl``). A new structured method joins by registering a
+:data:`UNITS` entry.
 """
 
 from __future__ import annotations
@@ -27,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import OmegaConf
 from torch import nn
 
+from prunecli.analysis import Analysis, AnalysisContext, AnalysisOptions, register
 from prunecli.errors import PruneError
-from prunecli.methods import METHODS, NOTHING, Method, MethodOptions, PruneContext, register
+from prunecli.methods import PruneContext
 from prunecli.methods.masks import prune_count
 from prunecli.outputs import save_figure, write_csv
 from prunecli.registry import Registry
@@ -52,10 +51,10 @@ class Units:
     prune: Callable[[nn.Module, int, float], int]  # (copy of the model, unit index, ratio) -> units removed
 
 
-ANALYSES: Registry[Callable[[PruneContext], Units]] = Registry("sensitivity method")
+UNITS: Registry[Callable[[PruneContext], Units]] = Registry("sensitivity method")
 
 
-@ANALYSES.register("filters")
+@UNITS.register("filters")
 def filter_units(ctx: PruneContext) -> Units:
     from prunecli.structured.cnn import methods as cnn
     from prunecli.structured.cnn.remove import remove_filters
@@ -99,78 +98,58 @@ def _transformer_units(kind: str) -> Callable[[PruneContext], Units]:
     return units
 
 
-ANALYSES.register("ffn")(_transformer_units("ffn"))
-ANALYSES.register("heads")(_transformer_units("heads"))
+UNITS.register("ffn")(_transformer_units("ffn"))
+UNITS.register("heads")(_transformer_units("heads"))
 
 
 @dataclass(frozen=True)
-class SensitivityOptions(MethodOptions):
-    analysis: dict = dataclasses.field(default_factory=dict)  # the top-level `sensitivity` node (method, ratios, metric, options)
+class SensitivityOptions(AnalysisOptions):
+    ratios: list[float] = dataclasses.field(default_factory=lambda: [0.25, 0.5, 0.75])  # fractions of one layer's units removed
+    metric: str = "auto"  # auto (accuracy if the evaluator reports it, else ppl) | a key of METRICS
 
     def check(self, prefix: str) -> None:
-        ratios = self.analysis.get("ratios")
-        if not ratios or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1 for r in ratios):
-            raise PruneError(f"sensitivity.ratios must be a non-empty list of numbers in (0, 1) (got {ratios!r})")
-        metric = self.analysis.get("metric", "auto")
-        if metric != "auto" and metric not in METRICS:
-            raise PruneError(f"unknown sensitivity.metric {metric!r} (choose from: auto, {', '.join(METRICS)})")
-        inner_options(self)
-
-
-def inner_options(options: SensitivityOptions) -> MethodOptions:
-    """The analysed method's typed options: its config file, ``sensitivity.options`` over it, per-layer ranking."""
-    from prunecli.config import config_dir
-
-    name = options.analysis.get("method", "filters")
-    ANALYSES.get(name)
-    path = config_dir() / "method" / f"{name}.yaml"
-    base = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
-    merged = OmegaConf.merge(base, options.analysis.get("options") or {}, {"name": name, "allocation": "per_layer"})
-    return METHODS.get(name).parse(merged)
-
-
-def sensitivity_calibration(options: SensitivityOptions) -> bool:
-    return METHODS.get(options.analysis.get("method", "filters")).needs_calibration(inner_options(options))
+        if not self.ratios or not all(0 < r < 1 for r in self.ratios):
+            raise PruneError(f"{prefix}.ratios must be a non-empty list of numbers in (0, 1) (got {list(self.ratios)!r})")
+        if self.metric != "auto" and self.metric not in METRICS:
+            raise PruneError(f"unknown {prefix}.metric {self.metric!r} (choose from: auto, {', '.join(METRICS)})")
 
 
 def pick_metric(requested: str, dense: dict) -> str:
     if requested != "auto":
         if requested not in dense:
-            raise PruneError(f"sensitivity.metric={requested} is not reported by the evaluator (it reports: {', '.join(dense) or 'nothing'})")
+            raise PruneError(f"analysis.metric={requested} is not reported by the evaluator (it reports: {', '.join(dense) or 'nothing'})")
         return requested
     for key in ("accuracy", "ppl"):
         if key in dense:
             return key
-    raise PruneError("method=sensitivity needs an evaluator that reports accuracy or ppl (eval=accuracy or eval=perplexity)")
+    raise PruneError("analysis=sensitivity needs an evaluator that reports accuracy or ppl (eval=accuracy or eval=perplexity)")
 
 
-def analyse(ctx: PruneContext) -> list[dict]:
-    """One row per unit and ratio (see module doc); ``ctx.model`` is left as it was."""
-    if ctx.evaluate is None:
-        raise PruneError("method=sensitivity needs the run's evaluator (run it through prune run)")
-    analysis = ctx.options.analysis
-    ratios = [float(r) for r in analysis.get("ratios")]
-    inner = dataclasses.replace(ctx, options=inner_options(ctx.options), stats={})
-    units = ANALYSES.get(inner.options.name)(inner)
+def analyse(ctx: AnalysisContext) -> list[dict]:
+    """One row per unit and ratio (see module doc); the model is left as it was."""
+    method = ctx.method
+    name = method.options.name
+    inner = dataclasses.replace(method, options=dataclasses.replace(method.options, allocation="per_layer"), stats={})
+    units = UNITS.get(name)(inner)
     if not units.names:
-        raise PruneError(f"method=sensitivity found no {inner.options.name} units to prune in {type(ctx.model).__name__}")
-    dense = ctx.evaluate(ctx.model)
-    metric = pick_metric(analysis.get("metric", "auto"), dense)
+        raise PruneError(f"analysis=sensitivity found no {name} units to prune in {type(method.model).__name__}")
+    dense = ctx.evaluate(method.model)
+    metric = pick_metric(ctx.options.metric, dense)
     sign = METRICS.get(metric, 1.0)
-    params = sum(p.numel() for p in ctx.model.parameters())
+    params = sum(p.numel() for p in method.model.parameters())
     rows = []
-    for index, (name, size) in enumerate(zip(units.names, units.sizes)):
-        for ratio in ratios:
-            pruned = copy.deepcopy(ctx.model)
+    for index, (unit, size) in enumerate(zip(units.names, units.sizes)):
+        for ratio in (float(r) for r in ctx.options.ratios):
+            pruned = copy.deepcopy(method.model)
             removed = units.prune(pruned, index, ratio)
             value = ctx.evaluate(pruned)[metric]
             rows.append({
-                "unit": name, "ratio": ratio, "units_total": size, "units_removed": removed,
+                "unit": unit, "ratio": ratio, "units_total": size, "units_removed": removed,
                 "params_removed": params - sum(p.numel() for p in pruned.parameters()),
                 "metric": metric, "dense": dense[metric], "value": value, "delta": value - dense[metric],
                 "drop": sign * (dense[metric] - value),
             })
-            log.info("sensitivity %s ratio %.2f: %s %.4f (dense %.4f)", name, ratio, metric, value, dense[metric])
+            log.info("sensitivity %s ratio %.2f: %s %.4f (dense %.4f)", unit, ratio, metric, value, dense[metric])
             del pruned
     return rows
 
@@ -203,10 +182,10 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def sensitivity(ctx: PruneContext) -> None:
-    """Per-layer sensitivity of a structured method; writes sensitivity.csv / .png, leaves the model dense."""
+def sensitivity(ctx: AnalysisContext) -> dict:
+    """Per-layer sensitivity of the run's structured method; writes sensitivity.csv / .png, leaves the model dense."""
     rows = analyse(ctx)
-    summary: dict[str, Any] = {"method": ctx.options.analysis.get("method", "filters"), "metric": rows[0]["metric"],
+    summary: dict[str, Any] = {"method": ctx.method.options.name, "metric": rows[0]["metric"],
                                "dense": rows[0]["dense"], "ratios": sorted({r["ratio"] for r in rows}), "units": len({r["unit"] for r in rows})}
     top = max(summary["ratios"])
     worst = sorted((r for r in rows if r["ratio"] == top), key=lambda r: -r["drop"] if math.isfinite(r["drop"]) else -math.inf)
@@ -217,7 +196,7 @@ def sensitivity(ctx: PruneContext) -> None:
         summary["csv"] = str(run_dir / "sensitivity.csv")
         if plot(rows, run_dir / "sensitivity.png"):
             summary["plot"] = str(run_dir / "sensitivity.png")
-    ctx.stats["sensitivity"] = summary
+    return summary
 
 
-register(Method("sensitivity", sensitivity, SensitivityOptions, effect=NOTHING, calibration=sensitivity_calibration))
+register(Analysis("sensitivity", sensitivity, SensitivityOptions, methods=tuple(UNITS.names())))
