@@ -30,7 +30,10 @@ O = TypeVar("O", bound="Options")
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """Base of every typed option set; ``check`` holds the rules a type cannot state."""
+    """Base of every typed option set: ``name`` is the config group's choice (``method=wanda`` ->
+    ``wanda``); ``check`` holds the rules a type cannot state."""
+
+    name: str = ""
 
     def check(self, prefix: str) -> None:
         """Raise :class:`PruneError` naming ``<prefix>.<key>`` for a value the type allows but the rule does not."""

@@ -53,6 +53,7 @@ class Checked:
     analysis: analyses.Analysis | None  # runs in place of the prune stage (analysis=<name>)
     analysis_options: analyses.AnalysisOptions | None
     benchmark: benchmark.BenchmarkOptions
+    finetune: Any  # the fine-tune's FinetuneOptions
 
 
 def validate(cfg: DictConfig) -> Checked:
@@ -73,14 +74,14 @@ def validate(cfg: DictConfig) -> Checked:
     nm = parse_pattern(cfg.get("pattern"), float(sparsity))
     if nm is not None and cfg.allocation != "uniform":
         raise PruneError(f"allocation={cfg.allocation} gives blocks different sparsities, which an N:M pattern cannot; use allocation=uniform")
-    finetune.validate(cfg)  # fine-tune and schedule settings
+    tuning = finetune.validate(cfg)  # fine-tune and schedule settings
     analysis = analyses.selected(cfg)
     analysis_options = None
     if analysis is not None:
         analysis_options = analysis.parse(cfg.analysis, cfg.method.name)
         if finetune.kind_of(cfg) != "none" or not schedules.is_oneshot(cfg):
             raise PruneError(f"analysis={analysis.name} leaves the model unpruned: use finetune=none schedule=oneshot")
-    return Checked(nm, METHODS.get(cfg.method.name), options, analysis, analysis_options, bench)
+    return Checked(nm, METHODS.get(cfg.method.name), options, analysis, analysis_options, bench, tuning)
 
 
 @dataclass
@@ -144,7 +145,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     plan = None
     if finetune.kind_of(cfg) != "none":
         with stage(timings, "finetune_data"):
-            plan = finetune.plan(loaded, cfg, windows)
+            plan = finetune.plan(loaded, cfg, checked.finetune, windows)
     return Prepared(cfg, checked, loaded, layers, evaluate, windows, timings, plan)
 
 
@@ -187,6 +188,9 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
             metrics.update(prepared.finetune.run(ctx, layers, prepared.evaluate, run_dir, keep_masks=pruning))
         metrics["finetune_s"] = timings["finetune"]
     summary, layer_rows = sparsity_summary(loaded.model, layers)
+    layer_errors = ctx.stats.pop("layer_errors", {})  # per-layer figures of a method, as layers.csv columns
+    for row in layer_rows:
+        row.update(layer_errors.get(row["name"], {}))
     summary["params_removed"] = params_before - summary["params_total"]
     summary["params_removed_frac"] = summary["params_removed"] / params_before
     with stage(timings, "eval"):

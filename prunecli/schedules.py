@@ -99,9 +99,7 @@ def resolve_gradual(schedule: Any, total_steps: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ScheduleOptions(Options):
-    """``oneshot``: nothing to set."""
-
-    name: str = "oneshot"
+    """A schedule's options (``oneshot``: nothing to set)."""
 
 
 @dataclass(frozen=True)

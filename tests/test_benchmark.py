@@ -224,7 +224,7 @@ def test_compaction_removes_zeroed_ffn_neurons_and_nothing_else():
 
 
 def test_structured_backend_skips_a_cnn_with_the_reason():
-    from prunecli.models.vision import SmallCNN
+    from prunecli.models.cnns import SmallCNN
 
     with pytest.raises(BackendSkipped, match="filters are removed by method=filters"):
         backends.build("structured", SmallCNN(), settings_for())
@@ -312,7 +312,7 @@ def test_structured_speedup_reference_is_the_unpruned_model(tmp_path):
 
 
 def test_quick_benchmark_feeds_images_to_an_image_model_and_skips_decode(tmp_path):
-    from prunecli.models.vision import SmallCNN
+    from prunecli.models.cnns import SmallCNN
 
     loaded = LoadedModel(SmallCNN().eval(), None, "small_cnn", "image_classifier", CPU, torch.float32, (1, 28, 28))
     config = bench_config("backends", backends=["dense", "structured"], phases=["prefill", "decode"], unpruned=False, batch_size=2)

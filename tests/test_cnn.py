@@ -22,7 +22,8 @@ from prunecli.analysis import ANALYSES, AnalysisContext
 from prunecli.errors import AssetMissingError, PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.models import LoadedModel
-from prunecli.models.vision import SmallCNN, TinyResNet, load_state_resized, read_checkpoint, save_safetensors
+from prunecli.models.cnns import SmallCNN, TinyResNet
+from prunecli.models.vision import load_state_resized, read_checkpoint, save_safetensors
 from prunecli.structured.cnn.graph import ChannelGraph
 from prunecli.structured.cnn.methods import apply, plan
 from tests.conftest import REPO, run_prune, tiny_model

@@ -20,8 +20,10 @@ from prunecli.finetune.classifier import score
 from prunecli.finetune.lm import lm_loss, mean_ppl, training_windows, window_batches
 from prunecli.finetune.loop import TrainTask, Trainer, lr_factor
 from prunecli.finetune.masks import MaskKeeper
+from prunecli.finetune.options import LMOptions
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.targets import select_layers, weight_matrix
+from prunecli.options import parse
 from tests.conftest import run_prune, tiny_model
 
 CPU = torch.device("cpu")
@@ -171,13 +173,14 @@ def test_training_windows_are_disjoint_from_calibration(tmp_path):
     tokens = lambda i: tokenizer(documents[i])["input_ids"]  # noqa: E731
     spans = calibration_spans(tokens, len(documents), 12, 16, 0)
     assert torch.equal(torch.tensor([tokens(d)[s : s + 16] for d, s in spans]), calibration)  # same draws as the calibration sampler
-    text = training_windows(tokenizer, cfg, None, calibration)
+    lm = parse(LMOptions, cfg.finetune, "finetune")
+    text = training_windows(tokenizer, cfg, lm, None, calibration)
     calibration_tokens = set(calibration.flatten().tolist())
     train, val = set(text.train.flatten().tolist()), set(text.val.flatten().tolist())
     assert len(text.train) > 10 and len(text.val) == 3
     assert not train & calibration_tokens and not val & calibration_tokens and not train & val
     assert text.excluded_tokens == len(calibration_tokens)
-    again = training_windows(tokenizer, cfg, None, calibration)
+    again = training_windows(tokenizer, cfg, lm, None, calibration)
     assert torch.equal(again.train, text.train)  # seeded
 
 
@@ -281,11 +284,28 @@ def test_classifier_run_reports_accuracy_and_f1(tmp_path):
     (["schedule=gradual", "schedule.start_step=5", "schedule.end_step=2"], "schedule.end_step=2 is before schedule.start_step=5"),
     (["schedule=gradual", "method=sparsegpt"], "method=sparsegpt cannot do"),
     (["schedule=iterative", "method=layers"], "method=layers cannot do"),
+    (["finetune.batch_size=four"], "finetune.batch_size must be an integer (got 'four')"),
+    (["+finetune.warmup=3"], "unknown key finetune.warmup (did you mean finetune.warmup_steps?)"),
+    (["finetune.checkpoint=cloud"], "unknown finetune.checkpoint 'cloud' (choose from: memory, disk)"),
 ])
 def test_bad_finetune_config_is_rejected_before_loading(corpus, overrides, message):
     with pytest.raises(PruneError) as err:
         pipeline.validate(composed([*tiny_overrides(corpus), *lm_overrides(corpus), *overrides]))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["lm", "lora", "classifier"])
+def test_finetune_yaml_defaults_match_the_options(name):
+    """Each fine-tune YAML (as Hydra composes it) lists exactly its options' fields, with their defaults."""
+    import dataclasses
+
+    from prunecli.finetune import FINETUNES
+
+    node = OmegaConf.to_container(composed([f"finetune={name}"]).finetune, resolve=True)
+    options = FINETUNES.get(name)
+    assert set(node) == {f.name for f in dataclasses.fields(options)}
+    defaults = options(name=name)
+    assert {key: value for key, value in node.items() if key != "data"} == {key: getattr(defaults, key) for key in node if key != "data"}
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -35,12 +35,12 @@ class Sample(Options):
 
 def test_parse_fills_defaults_and_keeps_given_values():
     assert parse(Sample, {}, "x") == Sample()
-    assert parse(Sample, OmegaConf.create({"count": 3, "rate": 1, "limit": None, "items": [1, 2]}), "x") == Sample(3, 1, items=[1, 2])
+    assert parse(Sample, OmegaConf.create({"count": 3, "rate": 1, "limit": None, "items": [1, 2]}), "x") == Sample(count=3, rate=1, items=[1, 2])
 
 
 @pytest.mark.parametrize("node, message", [
     ({"cuont": 2}, "unknown key x.cuont (did you mean x.count?)"),
-    ({"zzz": 2}, "unknown key x.zzz (its keys: count, rate, flag, mode, limit, items)"),
+    ({"zzz": 2}, "unknown key x.zzz (its keys: name, count, rate, flag, mode, limit, items)"),
     ({"count": 1.5}, "x.count must be an integer (got 1.5)"),
     ({"count": True}, "x.count must be an integer (got True)"),
     ({"rate": "fast"}, "x.rate must be a number (got 'fast')"),

@@ -27,9 +27,7 @@ from prunecli.registry import Registry
 
 @dataclass(frozen=True)
 class AnalysisOptions(Options):
-    """The options every analysis has: its registered ``name``."""
-
-    name: str = ""
+    """An analysis's options (the ``analysis`` config node)."""
 
 
 @dataclass

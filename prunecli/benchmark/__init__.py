@@ -32,9 +32,7 @@ warnings.filterwarnings("ignore", message=r"Sparse (CSR|BSR) tensor support is i
 
 @dataclass(frozen=True)
 class BenchmarkOptions(Options):
-    """``none``: nothing to set."""
-
-    name: str = "none"
+    """A benchmark's options (``none``: nothing to set)."""
 
 
 @dataclass(frozen=True)

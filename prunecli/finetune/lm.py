@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from prunecli.data import TokenCache, calibration_spans, eval_windows, load_documents
 from prunecli.errors import PruneError
@@ -51,12 +52,11 @@ def same_source(a: Any, b: Any) -> bool:
     return a.get("source") == b.get("source") and a.get("path") == b.get("path")
 
 
-def training_windows(tokenizer: Any, cfg: Any, needed: int | None, calibration: torch.Tensor | None = None) -> TextWindows:
-    """Cut the fine-tune text as described in the module doc. ``needed``: training windows
-    wanted (None: all)."""
-    o = cfg.finetune
-    seqlen = int(o.seqlen)
-    documents = load_documents(o.data)
+def training_windows(tokenizer: Any, cfg: Any, o: Any, needed: int | None, calibration: torch.Tensor | None = None) -> TextWindows:
+    """Cut the fine-tune text as described in the module doc (``o``: the :class:`LMOptions`;
+    ``cfg``: the run's, for its calibration data). ``needed``: training windows wanted (None: all)."""
+    seqlen = o.seqlen
+    documents = load_documents(OmegaConf.create(o.data))
     tokens_of = TokenCache(tokenizer, documents)
 
     marked: dict[int, list[tuple[int, int]]] = {}
@@ -66,10 +66,10 @@ def training_windows(tokenizer: Any, cfg: Any, needed: int | None, calibration: 
     forbidden = {tuple(row) for row in calibration.tolist()} if calibration is not None else set()
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     order = list(range(len(documents)))
-    random.Random(int(o.seed)).shuffle(order)
-    val_count = int(o.val_windows) if o.val_on == "heldout" else 0
+    random.Random(o.seed).shuffle(order)
+    val_count = o.val_windows if o.val_on == "heldout" else 0
     want = None if needed is None else needed + val_count
-    max_train = o.get("max_train_windows")
+    max_train = o.max_train_windows
     if max_train is not None:
         want = int(max_train) + val_count if want is None else min(want, int(max_train) + val_count)
 
@@ -102,7 +102,7 @@ def training_windows(tokenizer: Any, cfg: Any, needed: int | None, calibration: 
         if want is not None and len(windows) >= want:
             break
         tokens_of.forget(i)  # calibration draws are done: keep memory flat
-    rng = random.Random(int(o.seed) + 1)
+    rng = random.Random(o.seed + 1)
     rng.shuffle(windows)
     tensor = torch.tensor(windows, dtype=torch.long).view(-1, seqlen)
     val, train = tensor[:val_count], tensor[val_count:]
@@ -144,14 +144,11 @@ def mean_ppl(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, dev
     return math.exp(nll) if math.isfinite(nll) and nll < 700 else math.inf
 
 
-def validation_windows(tokenizer: Any, cfg: Any, text: TextWindows) -> torch.Tensor:
+def validation_windows(tokenizer: Any, cfg: Any, o: Any, text: TextWindows) -> torch.Tensor:
     """``val_on: heldout``: held-out fine-tune windows; ``eval``: the first ``val_windows`` of the run's eval windows."""
-    o = cfg.finetune
     if o.val_on == "heldout":
         if len(text.val) == 0:
             raise PruneError("finetune.val_windows must be >= 1 with finetune.val_on=heldout")
         return text.val
-    if o.val_on != "eval":
-        raise PruneError(f"finetune.val_on must be heldout or eval (got {o.val_on!r})")
     windows = eval_windows(tokenizer, load_documents(cfg.data.eval), cfg.data.seqlen, cfg.data.max_eval_tokens)
-    return windows[: int(o.val_windows)] if o.val_windows else windows
+    return windows[: o.val_windows] if o.val_windows else windows

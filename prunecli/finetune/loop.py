@@ -23,12 +23,11 @@ from torch import nn
 
 from prunecli.errors import RunFailedError
 from prunecli.finetune.masks import MaskKeeper
+from prunecli.options import parse
 from prunecli.outputs import write_csv
 
 log = logging.getLogger(__name__)
 
-DECAYS = ("cosine", "linear", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -101,7 +100,9 @@ class TrainLog:
 
 class Trainer:
     def __init__(self, options: Any, device: torch.device, run_dir: Path | None, metric: str):
-        self.o = options
+        from prunecli.finetune.options import TrainOptions
+
+        self.o = options if isinstance(options, TrainOptions) else parse(TrainOptions, options, "finetune")
         self.device = device
         self.run_dir = run_dir
         self.log = TrainLog(run_dir / "train.csv" if run_dir is not None else None, metric)
@@ -121,18 +122,18 @@ class Trainer:
         gradual schedule's checkpoints before its end_step have a lower sparsity).
         """
         o = self.o
-        accum = int(o.grad_accum)
+        accum = o.grad_accum
         optimizer = torch.optim.AdamW(param_groups(model, float(o.weight_decay)), lr=float(o.lr), betas=tuple(o.betas), eps=float(o.eps))
-        warmup = int(o.warmup_steps) if o.get("warmup_steps") is not None else int(round(float(o.get("warmup_ratio", 0.0)) * steps))
+        warmup = o.warmup_steps if o.warmup_steps is not None else int(round(float(o.warmup_ratio) * steps))
         factor = lambda t: lr_factor(t, steps, warmup, o.decay, float(o.min_lr_ratio))  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         autocast, scaler = autocast_for(o.precision, self.device)
         trainable = [p for group in optimizer.param_groups for p in group["params"]]
-        max_norm = float(o.max_grad_norm) if o.get("max_grad_norm") else math.inf
+        max_norm = float(o.max_grad_norm) if o.max_grad_norm else math.inf
         batches = task.batches(seed)
         keeper.register_hooks()
         best: dict | None = None
-        eval_every = int(o.eval_every)
+        eval_every = o.eval_every
         model.train()
         try:
             for t in range(steps):
@@ -168,7 +169,7 @@ class Trainer:
                     value = self.validate(model, task)
                     row[task.metric] = value
                     self.evaluations.append((self.step_offset + done, value))
-                    if done >= select_from and o.get("keep_best", True) and self.better(value, best, task):
+                    if done >= select_from and o.keep_best and self.better(value, best, task):
                         best = self.save_best(model, value, self.step_offset + done)
                 row["elapsed_s"] = round(time.perf_counter() - self.started, 3)
                 self.log.rows.append(row)
@@ -206,7 +207,7 @@ class Trainer:
 
     def save_best(self, model: nn.Module, value: float, step: int) -> dict:
         state = trainable_state(model)
-        if self.o.get("checkpoint", "memory") == "disk" and self.checkpoint_dir() is not None:
+        if self.o.checkpoint == "disk" and self.checkpoint_dir() is not None:
             from safetensors.torch import save_file
 
             path = self.checkpoint_dir() / "best.safetensors"

@@ -27,9 +27,7 @@ NOTHING, ZEROS, SHAPES = "nothing", "zeros", "shapes"  # what a method does to t
 
 @dataclass(frozen=True)
 class MethodOptions(Options):
-    """The options every method has: its registered ``name`` (the ``method`` config node's ``name``)."""
-
-    name: str = ""
+    """A method's options (the ``method`` config node; ``name``: the registered method)."""
 
 
 @dataclass(frozen=True)

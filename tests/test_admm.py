@@ -1,0 +1,113 @@
+"""``method=admm``: ADMM mask selection and weight update (Boža 2024) on tiny layers and a tiny model.
+
+Oracles: the objective ``f(W') = tr((W' - W) H (W' - W)^T)`` computed directly, SparseGPT's
+result on the same mask, the dense weight at zero sparsity, and the exact zero count.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from prunecli.errors import PruneError
+from prunecli.methods import METHODS, PruneContext
+from prunecli.methods.admm import ADMMOptions, admm_update, objective, relative_error
+from prunecli.methods.sparsegpt import sparsegpt_layer
+from prunecli.methods.targets import select_layers, weight_matrix
+from tests.conftest import run_prune, tiny_model
+
+CPU = torch.device("cpu")
+
+
+def layer(seed=0, rows=32, columns=64, tokens=512):
+    """A weight and the Hessian of correlated inputs (full rank)."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(tokens, columns, generator=g) @ torch.randn(columns, columns, generator=g) * 0.3 + torch.randn(tokens, columns, generator=g)
+    return torch.randn(rows, columns, generator=g), 2 / tokens * X.T @ X
+
+
+@pytest.mark.parametrize("sparsity, nm", [(0.5, None), (0.7, None), (0.5, (2, 4))])
+def test_on_a_fixed_mask_the_objective_falls_every_iteration_and_ends_below_sparsegpt(sparsity, nm):
+    W, H = layer()
+    reference = W.clone()
+    sparsegpt_layer(reference, H, sparsity, nm, 128, 0.01)
+    keep = reference != 0
+    trace: list[float] = []
+    updated, kept, residual = admm_update(W, H, sparsity, nm, ADMMOptions(iterations=30, mask_steps=0, percdamp=0.01, refine_steps=10),
+                                          keep=keep.clone(), trace=trace)
+    assert len(trace) == 40 and all(later <= earlier * (1 + 1e-6) for earlier, later in zip(trace, trace[1:]))
+    assert objective(W, updated, H) < objective(W, reference, H)  # re-fitted better than OBS on the same mask
+    assert torch.equal(kept, keep) and torch.all(updated[~keep] == 0)  # the mask is exactly preserved
+    assert residual < 1e-3
+
+
+@pytest.mark.parametrize("sparsity, nm", [(0.5, None), (0.7, None), (0.5, (2, 4))])
+def test_its_own_mask_has_the_exact_sparsity_and_beats_sparsegpt(sparsity, nm):
+    W, H = layer(seed=1)
+    updated, keep, _ = admm_update(W, H, sparsity, nm, ADMMOptions())
+    assert torch.equal(updated != 0, keep)
+    if nm is None:
+        assert (~keep).sum(1).tolist() == [int(sparsity * 64)] * 32  # floor(s * columns) per row
+    else:
+        assert torch.all(keep.reshape(32, -1, 4).sum(-1) == 2)  # exactly N of every M
+    reference = W.clone()
+    sparsegpt_layer(reference, H, sparsity, nm, 128, 0.01)
+    assert objective(W, updated, H) < objective(W, reference, H)
+
+
+def test_zero_sparsity_with_a_full_rank_hessian_returns_the_weight():
+    W, H = layer(seed=2)
+    updated, keep, _ = admm_update(W, H, 0.0, None, ADMMOptions())
+    assert keep.all()
+    torch.testing.assert_close(updated, W, atol=1e-4, rtol=1e-4)
+    assert relative_error(W, updated, H) < 1e-5
+
+
+def test_dead_inputs_are_zeroed_and_nothing_is_nan():
+    W, H = layer(seed=3)
+    H[:, 5] = H[5, :] = 0  # an input that never fires
+    updated, _, _ = admm_update(W, H, 0.5, None, ADMMOptions())
+    assert torch.isfinite(updated).all() and torch.all(updated[:, 5] == 0)
+
+
+def test_the_method_records_each_layers_error_before_and_after_the_update():
+    model = tiny_model("llama")
+    layers = select_layers(model, "all", ["lm_head", "embed"])
+    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    ctx = PruneContext(model, layers, 0.5, None, OmegaConf.create({"name": "admm", "iterations": 8, "mask_steps": 4}), CPU, calibration=windows)
+    METHODS.get("admm").prune(ctx)
+    errors = ctx.stats["layer_errors"]
+    assert set(errors) == set(layers)
+    assert all(e["error_after"] < e["error_before"] for e in errors.values())
+    for module in layers.values():
+        weight = weight_matrix(module)
+        assert (weight == 0).sum(1).tolist() == [weight.shape[1] // 2] * weight.shape[0]
+    assert ctx.stats["admm"]["error_after_mean"] < ctx.stats["admm"]["error_before_mean"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"iterations": 0}, "method.iterations must be a positive integer (got 0)"),
+    ({"mask_steps": 30}, "method.mask_steps=30 exceeds method.iterations=20"),
+    ({"rho": 0}, "method.rho must be a number > 0 (got 0)"),
+    ({"refine_steps": -1}, "method.refine_steps must be an integer >= 0 (got -1)"),
+])
+def test_bad_options_are_one_line(options, message):
+    with pytest.raises(PruneError) as err:
+        METHODS.get("admm").parse({"name": "admm", **options})
+    assert str(err.value) == message
+
+
+def test_cli_admm_run_writes_the_layer_errors_into_layers_csv(tmp_path, corpus):
+    args = ["model=tiny_llama", "benchmark=none", "data.seqlen=32", "data.max_eval_tokens=256", "data.nsamples=4",
+            "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
+    result = run_prune("run", *args, "method=admm", "pattern=2:4", "sparsity=0.5", "method.iterations=6", "method.mask_steps=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    rows = list(csv.DictReader((run_dir / "layers.csv").open()))
+    assert rows and all(float(r["error_after"]) < float(r["error_before"]) for r in rows)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["sparsity_actual"] == pytest.approx(0.5) and metrics["admm"]["iterations"] == 6
