@@ -7,7 +7,6 @@ result on the same mask, the dense weight at zero sparsity, and the exact zero c
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from prunecli.methods.admm import ADMMOptions, admm_update, objective, relative_
 from prunecli.methods.sparsegpt import sparsegpt_layer
 from prunecli.methods.targets import select_layers, weight_matrix
 from tests.conftest import run_prune, tiny_model
+from tests.test_structured import finished_run, tiny_cli_args
 
 CPU = torch.device("cpu")
 
@@ -102,12 +102,8 @@ def test_bad_options_are_one_line(options, message):
 
 
 def test_cli_admm_run_writes_the_layer_errors_into_layers_csv(tmp_path, corpus):
-    args = ["model=tiny_llama", "benchmark=none", "data.seqlen=32", "data.max_eval_tokens=256", "data.nsamples=4",
-            "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
-    result = run_prune("run", *args, "method=admm", "pattern=2:4", "sparsity=0.5", "method.iterations=6", "method.mask_steps=3", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    result = run_prune("run", *tiny_cli_args(corpus), "method=admm", "pattern=2:4", "sparsity=0.5", "method.iterations=6", "method.mask_steps=3", cwd=tmp_path)
+    run_dir, metrics = finished_run(result, tmp_path)
     rows = list(csv.DictReader((run_dir / "layers.csv").open()))
     assert rows and all(float(r["error_after"]) < float(r["error_before"]) for r in rows)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["sparsity_actual"] == pytest.approx(0.5) and metrics["admm"]["iterations"] == 6

@@ -404,12 +404,17 @@ def tiny_cli_args(corpus):
             "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
 
 
+def finished_run(result, cwd):
+    """The one run folder a successful ``prune run`` left under ``cwd``, and its metrics."""
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
 def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_path, corpus):
     args = tiny_cli_args(corpus)
     result = run_prune("run", *args, "method=ffn", "sparsity=0.5", "method.criterion=l2", "save_model=true", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run_dir, metrics = finished_run(result, tmp_path)
     assert metrics["params_removed"] == 2 * 64 * 3 * 64  # 64 neurons x (gate row + up row + down column) x 2 blocks
     assert metrics["params_removed_frac"] == pytest.approx(metrics["params_removed"] / (metrics["params_total"] + metrics["params_removed"]))
     assert "model.layers.0.mlp.down_proj,64x64," in (run_dir / "layers.csv").read_text()
@@ -424,9 +429,7 @@ def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_pat
 def test_cli_sensitivity_analysis_studies_the_method_and_leaves_the_model_dense(tmp_path, corpus):
     args = tiny_cli_args(corpus)
     result = run_prune("run", *args, "method=heads", "method.criterion=activation", "analysis=sensitivity", "analysis.ratios=[0.5]", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run_dir, metrics = finished_run(result, tmp_path)
     assert (metrics["analysis"], metrics["method"], metrics["sparsity_target"], metrics["params_removed"]) == ("sensitivity", "heads", 0.0, 0)
     rows = list(csv.DictReader((run_dir / "sensitivity.csv").open()))
     assert [(r["unit"], r["units_removed"]) for r in rows] == [("model.layers.0", "1"), ("model.layers.1", "1")]  # 1 of 2 KV groups
