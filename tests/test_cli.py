@@ -32,7 +32,7 @@ def assert_clean_failure(result, cwd: Path, message: str):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["method=nope"], "unknown method 'nope' (choose from: dense, ffn"),
+        (["method=nope"], "unknown method 'nope' (choose from: admm, dense, ffn"),
         (["model=gpt5"], "unknown model 'gpt5' (choose from:"),
         (["data/eval=imagenet"], "unknown data/eval 'imagenet'"),
         (["sparsity=1.0"], "sparsity must be a number in [0, 1)"),
