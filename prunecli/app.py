@@ -137,7 +137,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
     else:
         failure = None
     if prepared is not None:
-        console.console.print(console.table("prune run", records.header_rows(cfg)))
+        console.console.print(console.table("prune run", records.header_rows(cfg, prepared.checked.schedule)))
         try:
             metrics, layers = pipeline.execute(prepared, run_dir, overrides)
         except Exception as err:  # any failure of a started run is recorded, not lost

@@ -34,15 +34,23 @@ def new_figure():
     return figure
 
 
+def stage_of(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A stage column (``update``) with ``none`` where a run has no value (runs from before the column)."""
+    return frame[column].astype(object).fillna("none") if column in frame else pd.Series("none", index=frame.index)
+
+
 def line_keys(frame: pd.DataFrame) -> list[str]:
-    """What tells runs apart in a figure: method and pattern, led by the model when there are several."""
-    return (["model"] if frame["model"].nunique() > 1 else []) + ["method", "pattern"]
+    """What tells runs apart in a figure: method and pattern, led by the model when there are several,
+    followed by the weight update when some run used one."""
+    refits = stage_of(frame, "update").ne("none").any()
+    return (["model"] if frame["model"].nunique() > 1 else []) + ["method", "pattern"] + (["update"] if refits else [])
 
 
 def plot_ppl(frame: pd.DataFrame, folder: Path) -> list[Path]:
     """``ppl_vs_sparsity.png`` and its data: perplexity (log) over target sparsity, one line per method + pattern."""
     keys = line_keys(frame)
     completed = frame[frame["status"] == "completed"].dropna(subset=["ppl"])
+    completed = completed.assign(update=stage_of(completed, "update"))
     data = completed.groupby([*keys, "sparsity_target"], as_index=False)["ppl"].mean()
     if data.empty:
         console.console.print("no completed run with a perplexity: ppl_vs_sparsity.png not drawn")

@@ -22,14 +22,15 @@ from prunecli import analysis as analyses
 from prunecli import benchmark, finetune, records, schedules
 from prunecli import evaluate as evaluation
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext
-from prunecli.data import calibration_windows, load_documents
+from prunecli.data import DataOptions, calibration_windows, load_documents, parse_data
 from prunecli.environment import environment, peak_memory_mb
-from prunecli.errors import PruneError, RunFailedError, require_int
+from prunecli.errors import PruneError, RunFailedError
 from prunecli.evaluate import zeroshot
 from prunecli.interrupts import Interrupted
 from prunecli.methods import METHODS, Method, MethodOptions, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS
 from prunecli.methods.masks import check_nm_fits, parse_pattern
+from prunecli.methods import update as updates
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models import LoadedModel, load_model, resolve_device, resolve_dtype
 from prunecli.outputs import write_csv
@@ -48,12 +49,21 @@ class Checked:
     """What :func:`validate` parsed from the config."""
 
     nm: tuple[int, int] | None  # the N:M pattern, None = unstructured
+    data: DataOptions
+    eval: evaluation.EvalOptions
     method: Method
     options: MethodOptions  # the method's, typed
     analysis: analyses.Analysis | None  # runs in place of the prune stage (analysis=<name>)
     analysis_options: analyses.AnalysisOptions | None
+    update: updates.Update | None  # re-fits the method's kept weights (update=<name>)
+    update_options: Any
     benchmark: benchmark.BenchmarkOptions
     finetune: Any  # the fine-tune's FinetuneOptions
+    schedule: schedules.ScheduleOptions
+
+    @property
+    def oneshot(self) -> bool:
+        return schedules.is_oneshot(self.schedule)
 
 
 def validate(cfg: DictConfig) -> Checked:
@@ -61,10 +71,8 @@ def validate(cfg: DictConfig) -> Checked:
     sparsity = cfg.sparsity
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
         raise PruneError(f"sparsity must be a number in [0, 1) (got {sparsity!r})")
-    for key in ("seqlen", "nsamples"):
-        if not isinstance(cfg.data[key], int) or cfg.data[key] < 1:
-            raise PruneError(f"data.{key} must be a positive integer (got {cfg.data[key]!r})")
-    require_int(cfg.data.get("max_eval_tokens"), "data.max_eval_tokens", null="for the whole text")
+    data = parse_data(cfg.data)
+    evals = evaluation.parse_eval(cfg.eval)
     resolve_device(cfg.model.device)
     resolve_dtype(cfg.model.dtype)
     options = METHODS.get(cfg.method.name).parse(cfg.method)
@@ -74,14 +82,22 @@ def validate(cfg: DictConfig) -> Checked:
     nm = parse_pattern(cfg.get("pattern"), float(sparsity))
     if nm is not None and cfg.allocation != "uniform":
         raise PruneError(f"allocation={cfg.allocation} gives blocks different sparsities, which an N:M pattern cannot; use allocation=uniform")
-    tuning = finetune.validate(cfg)  # fine-tune and schedule settings
+    tuning = finetune.validate(cfg)
+    schedule = schedules.validate(cfg)
+    oneshot = schedules.is_oneshot(schedule)
     analysis = analyses.selected(cfg)
     analysis_options = None
     if analysis is not None:
         analysis_options = analysis.parse(cfg.analysis, cfg.method.name)
-        if finetune.kind_of(cfg) != "none" or not schedules.is_oneshot(cfg):
+        if finetune.kind_of(cfg) != "none" or not oneshot:
             raise PruneError(f"analysis={analysis.name} leaves the model unpruned: use finetune=none schedule=oneshot")
-    return Checked(nm, METHODS.get(cfg.method.name), options, analysis, analysis_options, bench, tuning)
+    update = updates.selected(cfg)
+    update_options = None
+    if update is not None:
+        update_options = update.parse(cfg["update"], METHODS.get(cfg.method.name))
+        if analysis is not None or not oneshot:
+            raise PruneError(f"update={update.name} re-fits the weights of a one-shot pruning: use schedule=oneshot analysis=none")
+    return Checked(nm, data, evals, METHODS.get(cfg.method.name), options, analysis, analysis_options, update, update_options, bench, tuning, schedule)
 
 
 @dataclass
@@ -121,8 +137,9 @@ def prepare(cfg: DictConfig) -> Prepared:
     torch.manual_seed(cfg.seed)
     with stage(timings, "load"):
         loaded = load_model(cfg)
-    if loaded.tokenizer is not None and cfg.data.seqlen > loaded.max_length:  # text models only
-        raise PruneError(f"data.seqlen={cfg.data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
+    data = checked.data
+    if loaded.tokenizer is not None and data.seqlen > loaded.max_length:  # text models only
+        raise PruneError(f"data.seqlen={data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
     benchmark.check_fits(loaded, checked.benchmark)
     if method.check_model is not None:  # e.g. a GQA ratio the shapes cannot honour
         method.check_model(options, float(cfg.sparsity), loaded.model)
@@ -131,28 +148,29 @@ def prepare(cfg: DictConfig) -> Prepared:
         for name, module in layers.items():
             check_nm_fits(weight_matrix(module).shape[1], nm, name)
     with stage(timings, "data"):
-        evaluate = evaluation.build(loaded, cfg)
+        evaluate = evaluation.build(loaded, checked.eval, data, cfg)
     windows = None
-    if needs_calibration(cfg, method, options, checked.analysis is None):
+    if needs_calibration(cfg, checked):
         with stage(timings, "calibration_data"):
             if loaded.input_shape is not None:  # image model: (images, labels), a fixed subset of its dataset's train split
                 from prunecli.data.vision import calibration_images
 
-                windows = calibration_images(cfg.model.dataset, loaded.input_shape, cfg.data.nsamples, cfg.data.seed)
+                windows = calibration_images(cfg.model.dataset, loaded.input_shape, data.nsamples, data.seed)
             else:
-                documents = load_documents(cfg.data.calibration)
-                windows = calibration_windows(loaded.tokenizer, documents, cfg.data.nsamples, cfg.data.seqlen, cfg.data.seed)
+                documents = load_documents(data.calibration)
+                windows = calibration_windows(loaded.tokenizer, documents, data.nsamples, data.seqlen, data.seed)
     plan = None
     if finetune.kind_of(cfg) != "none":
         with stage(timings, "finetune_data"):
-            plan = finetune.plan(loaded, cfg, checked.finetune, windows)
+            plan = finetune.plan(loaded, cfg, checked.finetune, checked.schedule, data, windows)
     return Prepared(cfg, checked, loaded, layers, evaluate, windows, timings, plan)
 
 
-def needs_calibration(cfg: DictConfig, method: Method, options: MethodOptions, allocates: bool = True) -> bool:
-    """Data-aware methods (the descriptor says, from the options) and the OWL allocation (when the
-    run ``allocates`` sparsity) use calibration windows."""
-    return method.needs_calibration(options) or (allocates and method.prunes and cfg.allocation == "owl")
+def needs_calibration(cfg: DictConfig, checked: Checked) -> bool:
+    """Data-aware methods (the descriptor says, from the options) use calibration windows; so do a
+    weight update and the OWL allocation when the run prunes (no analysis in its place)."""
+    prunes = checked.method.prunes and checked.analysis is None
+    return checked.method.needs_calibration(checked.options) or (prunes and (checked.update is not None or cfg.allocation == "owl"))
 
 
 def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict]]:
@@ -161,7 +179,7 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     method, analysis = checked.method, checked.analysis
     pruning = records.prunes(cfg)
     metrics: dict[str, Any] = {}
-    if cfg.eval.get("baseline", False) and pruning:
+    if checked.eval.baseline and pruning:
         with stage(timings, "eval_dense"):
             dense = scored(prepared.evaluate, loaded.model, "the unpruned model")
             metrics.update({f"{key}_dense": dense[key] for key in BASELINE_KEYS if key in dense})
@@ -179,7 +197,9 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     with stage(timings, "prune"):
         if pruning:
             ctx.layer_sparsity = ALLOCATIONS.get(cfg.allocation)(ctx, cfg)
-        if schedules.is_oneshot(cfg) and analysis is None:  # other schedules prune during fine-tuning
+        if checked.oneshot and analysis is None and checked.update is not None:
+            updates.prune_and_refit(ctx, method, checked.update, checked.update_options)
+        elif checked.oneshot and analysis is None:  # other schedules prune during fine-tuning
             method.prune(ctx)
     # A structured method replaced layers (or whole blocks): count what the model has now.
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore) if method.reshapes else prepared.layers

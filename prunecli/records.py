@@ -24,7 +24,7 @@ from prunecli.outputs import write_csv, write_json
 RESULTS: list[tuple[str, tuple[str, ...]]] = [
     ("run_id", ()), ("status", ()), ("model", ("summary", "report")), ("method", ("summary", "report")),
     ("pattern", ("summary", "report")), ("sparsity_target", ("summary", "report")), ("sparsity_actual", ("summary", "report")),
-    ("finetune", ()), ("schedule", ()), ("analysis", ()),
+    ("update", ("summary", "report")), ("finetune", ()), ("schedule", ()), ("analysis", ()),
     ("criterion", ()), ("gqa", ()), ("bias_compensation", ()),  # structured methods (empty for the others)
     ("sparsity_all_params", ("summary",)), ("params_total", ("summary",)), ("params_nonzero", ("summary",)),
     ("params_removed", ("summary",)), ("params_removed_frac", ("summary",)),
@@ -46,7 +46,7 @@ REPORT_COLUMNS = [column for column, shown in RESULTS if "report" in shown]
 # Keys that say how to run, not what to compute: not part of the run id.
 BOOKKEEPING_KEYS = ("resume", "resume_root", "save_model", "logger")
 # Groups whose default changes nothing: left out of the run id, so ids from before they existed still match.
-NEUTRAL_DEFAULTS = {"finetune": {"name": "none"}, "schedule": {"name": "oneshot"}, "analysis": {"name": "none"}}
+NEUTRAL_DEFAULTS = {"finetune": {"name": "none"}, "schedule": {"name": "oneshot"}, "analysis": {"name": "none"}, "update": {"name": "none"}}
 
 
 def run_id(cfg: DictConfig) -> str:
@@ -61,6 +61,10 @@ def prunes(cfg: DictConfig) -> bool:
     return METHODS.get(cfg.method.name).prunes and analyses.selected(cfg) is None
 
 
+def update_of(cfg: DictConfig) -> str:
+    """The run's weight update (``update=<name>``), ``none`` if it has none."""
+    return (cfg.get("update") or {}).get("name", "none")
+
 
 def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """The identifying fields every run record has, completed or failed."""
@@ -73,6 +77,7 @@ def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         "schedule": (cfg.get("schedule") or {}).get("name", "oneshot"),
         "pattern": cfg.get("pattern") or "unstructured",
         "analysis": (cfg.get("analysis") or {}).get("name", "none"),
+        "update": update_of(cfg),
         "sparsity_target": cfg.sparsity if prunes(cfg) else 0.0,
         "run_dir": str(run_dir),
         "overrides": list(overrides),
@@ -104,19 +109,20 @@ def eval_description(cfg: DictConfig) -> str:
     return "; ".join(parts) or "none"
 
 
-def header_rows(cfg: DictConfig) -> list[tuple[str, str]]:
-    """The resolved key settings, shown before the run starts."""
+def header_rows(cfg: DictConfig, schedule: schedules.ScheduleOptions) -> list[tuple[str, str]]:
+    """The resolved key settings (``schedule``: the run's, typed), shown before the run starts."""
     data = cfg.data
     return [
         ("model", f"{cfg.model.name} ({cfg.model.dtype}, device={cfg.model.device})"),
-        ("method", f"{cfg.method.name}  sparsity={cfg.sparsity}  pattern={cfg.get('pattern') or 'unstructured'}  allocation={cfg.allocation}"),
+        ("method", f"{cfg.method.name}  sparsity={cfg.sparsity}  pattern={cfg.get('pattern') or 'unstructured'}  allocation={cfg.allocation}"
+                   + (f"  update={update_of(cfg)}" if update_of(cfg) != "none" else "")),
     ] + ([("analysis", f"{cfg.analysis.name} (the model stays unpruned)")] if analyses.selected(cfg) is not None else []) + [
         ("targets", f"{cfg.targets}  ignore={list(cfg.ignore or [])}"),
         ("calibration", f"{data_source(cfg, 'calibration')}  nsamples={data.nsamples}"
                         + (f" seqlen={data.seqlen}" if not cfg.model.get("input_shape") else "") + f" seed={data.seed}"),
         ("eval", eval_description(cfg)),
         ("benchmark", cfg.benchmark.name),
-    ] + ([("finetune", f"{finetune.kind_of(cfg)}  schedule={schedules.describe(cfg)}")] if finetune.kind_of(cfg) != "none" else [])
+    ] + ([("finetune", f"{finetune.kind_of(cfg)}  schedule={schedules.describe(schedule, cfg.sparsity)}")] if finetune.kind_of(cfg) != "none" else [])
 
 
 def zeroshot_table_rows(metrics: dict) -> list[dict]:

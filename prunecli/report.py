@@ -17,9 +17,11 @@ import pandas as pd
 
 from prunecli import console
 from prunecli.errors import PruneError
-from prunecli.figures import SOURCE, require_matplotlib, write_plots
+from prunecli.figures import SOURCE, require_matplotlib, stage_of, write_plots
 from prunecli.outputs import write_atomic
 from prunecli.records import REPORT_COLUMNS
+
+OPTIONAL_STAGES = ("update",)  # report columns left out when every run says none
 
 SORT_KEYS = ["model", "method", "pattern", "sparsity_target"]
 REQUIRED_COLUMNS = ["run_id", "status", "model", "method"]
@@ -79,6 +81,12 @@ def load_results(paths: list[str]) -> pd.DataFrame:
 def data_columns(frame: pd.DataFrame) -> list[str]:
     """The columns of the results, without the internal source column."""
     return [column for column in frame.columns if column != SOURCE]
+
+
+def default_columns(frame: pd.DataFrame) -> list[str]:
+    """:data:`REPORT_COLUMNS` the runs have; a stage column (``update``) only where some run used one."""
+    return [column for column in REPORT_COLUMNS
+            if column in frame and not (column in OPTIONAL_STAGES and stage_of(frame, column).eq("none").all())]
 
 
 def check_columns(frame: pd.DataFrame, names: list[str], option: str) -> None:
@@ -276,7 +284,7 @@ def main(
     if plot:
         require_matplotlib()
     frame = load_results(paths)
-    columns = columns or [column for column in REPORT_COLUMNS if column in frame]
+    columns = columns or default_columns(frame)
     check_columns(frame, columns, "--columns")
     pairs = parse_where(where or [], frame)
     parts = parse_pivot(pivot, frame) if pivot else None

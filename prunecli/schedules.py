@@ -275,10 +275,11 @@ class Repruner:
         log.info("schedule: pruned to %.4f at step %s (%.2f s)", sparsity, step, seconds)
 
 
-def describe(cfg: Any) -> str:
-    options = options_of(cfg)
-    return SCHEDULES.get(options.name).describe(options, cfg.sparsity)
+def is_oneshot(options: ScheduleOptions) -> bool:
+    """The method prunes once, before any fine-tune (the other schedules prune during it)."""
+    return not SCHEDULES.get(options.name).prunes
 
 
-def is_oneshot(cfg: Any) -> bool:
-    return not SCHEDULES.get(options_of(cfg).name).prunes
+def describe(options: ScheduleOptions, sparsity: float) -> str:
+    """One line for the console and metrics.json: the schedule and its steps towards ``sparsity``."""
+    return SCHEDULES.get(options.name).describe(options, sparsity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,16 @@ def corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def tiny_cli_args(corpus):
+    """Overrides for a quick CLI run: the tiny Llama, calibrated and evaluated on the test corpus, no benchmark."""
+    return ["model=tiny_llama", "benchmark=none", "data.seqlen=32", "data.max_eval_tokens=256", "data.nsamples=4",
+            "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
+
+
+def finished_run(result, cwd):
+    """The one run folder a successful ``prune run`` left under ``cwd``, and its metrics."""
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())

@@ -1,4 +1,4 @@
-"""``method=admm``: ADMM mask selection and weight update (Boža 2024) on tiny layers and a tiny model.
+"""``method=admm`` and ``update=admm``: ADMM mask selection and weight update (Boža 2024) on tiny layers and a tiny model.
 
 Oracles: the objective ``f(W') = tr((W' - W) H (W' - W)^T)`` computed directly, SparseGPT's
 result on the same mask, the dense weight at zero sparsity, and the exact zero count.
@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
-from prunecli.methods.admm import ADMMOptions, admm_update, objective, relative_error
+from prunecli.methods.admm import ADMMOptions, ADMMUpdateOptions, admm_prune, admm_refit
+from prunecli.methods.update import UPDATES, objective, prune_and_refit, relative_error
 from prunecli.methods.sparsegpt import sparsegpt_layer
 from prunecli.methods.targets import select_layers, weight_matrix
-from tests.conftest import run_prune, tiny_model
-from tests.test_structured import finished_run, tiny_cli_args
+from tests.conftest import REPO, finished_run, run_prune, tiny_cli_args, tiny_model
 
 CPU = torch.device("cpu")
 
@@ -37,18 +37,17 @@ def test_on_a_fixed_mask_the_objective_falls_every_iteration_and_ends_below_spar
     sparsegpt_layer(reference, H, sparsity, nm, 128, 0.01)
     keep = reference != 0
     trace: list[float] = []
-    updated, kept, residual = admm_update(W, H, sparsity, nm, ADMMOptions(iterations=30, mask_steps=0, percdamp=0.01, refine_steps=10),
-                                          keep=keep.clone(), trace=trace)
+    updated, residual = admm_refit(W, H, keep.clone(), ADMMUpdateOptions(iterations=30, percdamp=0.01, refine_steps=10), trace=trace)
     assert len(trace) == 40 and all(later <= earlier * (1 + 1e-6) for earlier, later in zip(trace, trace[1:]))
     assert objective(W, updated, H) < objective(W, reference, H)  # re-fitted better than OBS on the same mask
-    assert torch.equal(kept, keep) and torch.all(updated[~keep] == 0)  # the mask is exactly preserved
+    assert torch.all(updated[~keep] == 0)  # the mask is exactly preserved
     assert residual < 1e-3
 
 
 @pytest.mark.parametrize("sparsity, nm", [(0.5, None), (0.7, None), (0.5, (2, 4))])
 def test_its_own_mask_has_the_exact_sparsity_and_beats_sparsegpt(sparsity, nm):
     W, H = layer(seed=1)
-    updated, keep, _ = admm_update(W, H, sparsity, nm, ADMMOptions())
+    updated, keep, _ = admm_prune(W, H, sparsity, nm, ADMMOptions())
     assert torch.equal(updated != 0, keep)
     if nm is None:
         assert (~keep).sum(1).tolist() == [int(sparsity * 64)] * 32  # floor(s * columns) per row
@@ -61,7 +60,7 @@ def test_its_own_mask_has_the_exact_sparsity_and_beats_sparsegpt(sparsity, nm):
 
 def test_zero_sparsity_with_a_full_rank_hessian_returns_the_weight():
     W, H = layer(seed=2)
-    updated, keep, _ = admm_update(W, H, 0.0, None, ADMMOptions())
+    updated, keep, _ = admm_prune(W, H, 0.0, None, ADMMOptions())
     assert keep.all()
     torch.testing.assert_close(updated, W, atol=1e-4, rtol=1e-4)
     assert relative_error(W, updated, H) < 1e-5
@@ -70,7 +69,7 @@ def test_zero_sparsity_with_a_full_rank_hessian_returns_the_weight():
 def test_dead_inputs_are_zeroed_and_nothing_is_nan():
     W, H = layer(seed=3)
     H[:, 5] = H[5, :] = 0  # an input that never fires
-    updated, _, _ = admm_update(W, H, 0.5, None, ADMMOptions())
+    updated, _, _ = admm_prune(W, H, 0.5, None, ADMMOptions())
     assert torch.isfinite(updated).all() and torch.all(updated[:, 5] == 0)
 
 
@@ -107,3 +106,64 @@ def test_cli_admm_run_writes_the_layer_errors_into_layers_csv(tmp_path, corpus):
     rows = list(csv.DictReader((run_dir / "layers.csv").open()))
     assert rows and all(float(r["error_after"]) < float(r["error_before"]) for r in rows)
     assert metrics["sparsity_actual"] == pytest.approx(0.5) and metrics["admm"]["iterations"] == 6
+
+
+@pytest.mark.parametrize("method, sparsity, nm", [("magnitude", 0.5, None), ("wanda", 0.5, (2, 4)), ("sparsegpt", 0.7, None)])
+def test_update_refits_any_methods_mask_exactly_and_lowers_every_layers_error(method, sparsity, nm):
+    """Oracle: the same method run alone on a copy of the model; its zeros are the update's zeros, exactly."""
+    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+
+    def context(model):
+        layers = select_layers(model, "all", ["lm_head", "embed"])
+        return PruneContext(model, layers, sparsity, nm, OmegaConf.create({"name": method}), CPU, calibration=windows)
+
+    alone, refitted = context(tiny_model("llama")), context(tiny_model("llama"))
+    METHODS.get(method).prune(alone)
+    prune_and_refit(refitted, METHODS.get(method), UPDATES.get("admm"), ADMMUpdateOptions())
+    for name, module in refitted.layers.items():
+        mine, theirs = weight_matrix(module), weight_matrix(alone.layers[name])
+        assert torch.equal(mine == 0, theirs == 0), name  # the method's mask, zero for zero
+        assert not torch.equal(mine, theirs)  # ... with other weights on it
+        if nm is not None:
+            assert torch.all((mine != 0).reshape(mine.shape[0], -1, nm[1]).sum(-1) == nm[0])
+    errors = refitted.stats["layer_errors"]
+    assert set(errors) == set(refitted.layers)
+    assert all(e["error_after"] < e["error_before"] for e in errors.values())
+    assert refitted.stats["admm"]["iterations"] == 20
+
+
+def test_update_on_a_dense_mask_returns_the_weights():
+    """At zero sparsity the method keeps every weight: the re-fit must give the dense weights back."""
+    W, H = layer(seed=4)
+    updated, _ = admm_refit(W, H, torch.ones_like(W, dtype=torch.bool), ADMMUpdateOptions())
+    torch.testing.assert_close(updated, W, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=ffn", "update=admm"], "update=admm re-fits the weights an element-wise mask keeps; it combines with method=magnitude|sparsegpt|wanda (got method=ffn)"),
+    (["method=admm", "update=admm"], "update=admm re-fits the weights an element-wise mask keeps; it combines with method=magnitude|sparsegpt|wanda (got method=admm)"),
+    (["method=wanda", "update=admm", "update.iterations=0"], "update.iterations must be a positive integer (got 0)"),
+    (["method=wanda", "update=admm", "+update.mask_steps=3"], "unknown key update.mask_steps (its keys: name, iterations, rho, percdamp, refine_steps)"),
+    (["method=wanda", "update=admm", "schedule=gradual", "finetune=lm"], "update=admm re-fits the weights of a one-shot pruning: use schedule=oneshot analysis=none"),
+])
+def test_bad_update_settings_are_one_line(overrides, message):
+    from hydra import compose, initialize_config_dir
+
+    from prunecli.pipeline import validate
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=overrides)
+    with pytest.raises(PruneError) as err:
+        validate(cfg)
+    assert str(err.value) == message
+
+
+def test_cli_update_run_records_the_update_and_both_errors(tmp_path, corpus):
+    result = run_prune("run", *tiny_cli_args(corpus), "method=wanda", "pattern=2:4", "sparsity=0.5", "update=admm",
+                       "update.iterations=6", cwd=tmp_path)
+    run_dir, metrics = finished_run(result, tmp_path)
+    rows = list(csv.DictReader((run_dir / "layers.csv").open()))
+    assert rows and all(float(r["error_after"]) < float(r["error_before"]) for r in rows)
+    assert metrics["admm"]["iterations"] == 6 and metrics["admm"]["error_after_mean"] < metrics["admm"]["error_before_mean"]
+    assert next(csv.DictReader((run_dir / "results.csv").open()))["update"] == "admm"
+    assert metrics["sparsity_actual"] == pytest.approx(0.5)

@@ -355,22 +355,25 @@ class Oracle(nn.Module):
 
 
 def test_accuracy_evaluator_counts_correct_predictions(tmp_path):
-    from prunecli.evaluate import EVALUATORS
-    from prunecli.evaluate.accuracy import accuracy_f1
+    from prunecli.evaluate import EVALUATORS, EvalContext
+    from prunecli.evaluate.accuracy import AccuracyOptions, accuracy_f1
 
     levels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]
     labels = [0, 1, 2, 3, 4, 5, 6, 0, 0, 0, 1, 9]  # 8 of 12 right; 7 of the first 8
     folder = fake_fashion_mnist(tmp_path / "fmnist", levels, labels)
     loaded = LoadedModel(Oracle(), None, "oracle", "image_classifier", CPU, torch.float32, (1, 28, 28))
-    cfg = OmegaConf.create({"model": {"dataset": {"source": "fashion_mnist", "path": str(folder), "eval_samples": None}},
-                            "eval": {"accuracy": {"batch_size": 5, "max_examples": None}}})
-    metrics = EVALUATORS.get("accuracy")(loaded, cfg)(loaded.model)
+    cfg = OmegaConf.create({"model": {"dataset": {"source": "fashion_mnist", "path": str(folder), "eval_samples": None}}})
+    accuracy = EVALUATORS.get("accuracy")
+
+    def evaluator(model_info, max_examples=None):
+        return accuracy.build(EvalContext(model_info, AccuracyOptions(batch_size=5, max_examples=max_examples), None, cfg))
+
+    metrics = evaluator(loaded)(loaded.model)
     assert metrics["accuracy"] == pytest.approx(8 / 12) and metrics["eval_samples"] == 12
-    cfg.eval.accuracy.max_examples = 8
-    assert EVALUATORS.get("accuracy")(loaded, cfg)(loaded.model)["accuracy"] == pytest.approx(7 / 8)
+    assert evaluator(loaded, max_examples=8)(loaded.model)["accuracy"] == pytest.approx(7 / 8)
     assert accuracy_f1([1, 0, 1, 1], [1, 0, 0, 1], 2) == {"accuracy": 0.75, "f1": pytest.approx(0.8)}
     with pytest.raises(PruneError, match="eval=accuracy has no evaluator for model x, a causal_lm"):
-        EVALUATORS.get("accuracy")(LoadedModel(Oracle(), None, "x", "causal_lm", CPU, torch.float32), cfg)
+        evaluator(LoadedModel(Oracle(), None, "x", "causal_lm", CPU, torch.float32))
 
 
 def test_missing_dataset_names_the_apt_package(tmp_path):
@@ -435,8 +438,7 @@ def test_sensitivity_config_composes_with_the_method_options():
         cfg = compose("run", overrides=["model=small_cnn", "eval=accuracy", "method=filters", "analysis=sensitivity",
                                         "analysis.ratios=[0.25,0.5]", "method.criterion=taylor"])
     assert cfg.analysis.ratios == [0.25, 0.5] and cfg.method.name == "filters"
-    options = validate(cfg).options
-    assert needs_calibration(cfg, METHODS.get("filters"), options)  # taylor needs the calibration images
+    assert needs_calibration(cfg, validate(cfg))  # taylor needs the calibration images
     cfg.analysis.ratios = [0.5, 1.5]
     with pytest.raises(PruneError, match=r"analysis.ratios must be a non-empty list of numbers in \(0, 1\)"):
         validate(cfg)

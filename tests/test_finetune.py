@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from prunecli import pipeline
 from prunecli.config import config_dir
-from prunecli.data import calibration_spans, calibration_windows
+from prunecli.data import DataOptions, calibration_spans, calibration_windows, source_options
 from prunecli.data.reviews import review_splits
 from prunecli.errors import PruneError, RunFailedError
 from prunecli.finetune import validate as validate_finetune
@@ -174,13 +174,14 @@ def test_training_windows_are_disjoint_from_calibration(tmp_path):
     spans = calibration_spans(tokens, len(documents), 12, 16, 0)
     assert torch.equal(torch.tensor([tokens(d)[s : s + 16] for d, s in spans]), calibration)  # same draws as the calibration sampler
     lm = parse(LMOptions, cfg.finetune, "finetune")
-    text = training_windows(tokenizer, cfg, lm, None, calibration)
+    data = DataOptions(nsamples=12, seqlen=16, seed=0, calibration=source_options(cfg.data.calibration, "data.calibration"))
+    text = training_windows(tokenizer, data, lm, None, calibration)
     calibration_tokens = set(calibration.flatten().tolist())
     train, val = set(text.train.flatten().tolist()), set(text.val.flatten().tolist())
     assert len(text.train) > 10 and len(text.val) == 3
     assert not train & calibration_tokens and not val & calibration_tokens and not train & val
     assert text.excluded_tokens == len(calibration_tokens)
-    again = training_windows(tokenizer, cfg, lm, None, calibration)
+    again = training_windows(tokenizer, data, lm, None, calibration)
     assert torch.equal(again.train, text.train)  # seeded
 
 

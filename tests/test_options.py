@@ -97,6 +97,50 @@ def test_every_schedule_yaml_matches_its_options():
         assert set(node) == {f.name for f in dataclasses.fields(schedule.options)}
 
 
+def test_every_eval_yaml_matches_its_evaluators_options():
+    from prunecli.evaluate import EVALUATORS, parse_eval
+
+    for name in EVALUATORS.names():
+        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "eval" / f"{name}.yaml"))
+        assert set(node) == {"baseline", name}
+        assert parse_eval(node).evaluators == {name: EVALUATORS.get(name).options()}
+        assert set(node[name]) == {f.name for f in dataclasses.fields(EVALUATORS.get(name).options)} - {"name"}
+
+
+def test_data_and_eval_nodes_are_typed_at_composition():
+    from hydra import compose, initialize_config_dir
+
+    from prunecli.pipeline import validate
+
+    def error(*overrides):
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            cfg = compose("run", overrides=list(overrides))
+        with pytest.raises(PruneError) as err:
+            validate(cfg)
+        return str(err.value)
+
+    assert error("data.seqlen=abc") == "data.seqlen must be an integer (got 'abc')"
+    assert error("data.seed=1.5") == "data.seed must be an integer (got 1.5)"
+    assert error("+data.nsample=8") == "unknown key data.nsample (did you mean data.nsamples?)"
+    assert error("data/calibration=text_file") == "data source text_file needs a path: data.calibration.path=FILE"
+    assert error("data/eval=wikitext2", "+data.eval.splt=test") == "unknown key data.eval.splt (did you mean data.eval.split?)"
+    assert error("eval.perplexity.batch_size=0") == "eval.perplexity.batch_size must be a positive integer (got 0)"
+    assert error("+eval.perplexity.batchsize=2") == "unknown key eval.perplexity.batchsize (did you mean eval.perplexity.batch_size?)"
+    assert error("eval.baseline=maybe") == "eval.baseline must be true or false (got 'maybe')"
+    assert error("+eval.accuracyy={}") == "unknown key eval.accuracyy (its keys: baseline, accuracy, perplexity, zeroshot)"
+
+
+def test_every_update_yaml_matches_its_options():
+    from prunecli.methods.update import UPDATES
+
+    assert UPDATES.names() == ["admm"]
+    for name in UPDATES.names():
+        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "update" / f"{name}.yaml"))
+        update = UPDATES.get(name)
+        assert update.parse(node, METHODS.get("wanda")) == update.options(name=name)
+        assert set(node) == {f.name for f in dataclasses.fields(update.options)}
+
+
 def test_every_registered_method_has_a_config_and_typed_options():
     for name in METHODS.names():
         method = METHODS.get(name)

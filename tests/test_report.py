@@ -239,6 +239,17 @@ def test_plot_writes_figures_and_their_data(tmp_path):
     assert latency.set_index(["phase", "run"]).loc[("decode", "wanda unstructured 0.5"), "median_ms"] == pytest.approx(0.8)
 
 
+def test_a_weight_update_is_its_own_column_and_its_own_line_never_averaged_in(tmp_path):
+    pytest.importorskip("matplotlib")
+    make_run(tmp_path, "wanda", method="wanda", update="none", ppl=180.0)
+    make_run(tmp_path, "wanda-admm", method="wanda", update="admm", ppl=90.0)
+    report.main([str(tmp_path)], plot=True)
+    assert "| tiny | wanda | unstructured | 0.5 | 0.5 | admm | 90 |" in (tmp_path / "report.md").read_text()
+    ppl = pd.read_csv(tmp_path / "plots" / "ppl_vs_sparsity.csv")
+    assert list(ppl.columns) == ["method", "pattern", "update", "sparsity_target", "ppl"]
+    assert sorted(ppl["ppl"]) == [90.0, 180.0]  # two lines, not their mean
+
+
 def test_plot_without_latency_draws_only_ppl(tmp_path):
     pytest.importorskip("matplotlib")
     grid(tmp_path)

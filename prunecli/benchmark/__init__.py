@@ -147,7 +147,7 @@ register(Benchmark("none", lambda ctx: {}))
 
 def keeps_unpruned_copy(settings: BenchmarkOptions) -> bool:
     """Whether the pipeline must copy the model before pruning (for speedups against it)."""
-    return bool(getattr(settings, "unpruned", False))
+    return isinstance(settings, ModelBenchOptions) and settings.unpruned
 
 
 def available_memory_bytes() -> int | None:

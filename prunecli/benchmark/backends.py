@@ -46,13 +46,12 @@ class BackendSettings:
     capability: tuple[int, int] | None = None  # CUDA compute capability (None: no CUDA device)
 
 
-def backend_settings(loaded: Any, options: Any) -> BackendSettings:
-    """The settings of this run: its model's device and dtype, the ``benchmark`` options
-    (``sparse_min_sparsity`` only where the benchmark converts a whole model)."""
+def backend_settings(loaded: Any, options: Any, sparse_min_sparsity: float = BackendSettings.sparse_min_sparsity) -> BackendSettings:
+    """The settings of this run: its model's device and dtype, the ``benchmark`` options' ``bsr_block``,
+    and the fraction of zeros from which a whole-model benchmark converts a Linear (``sparse_min_sparsity``)."""
     device = loaded.device
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    minimum = options.sparse_min_sparsity if hasattr(options, "sparse_min_sparsity") else BackendSettings.sparse_min_sparsity
-    return BackendSettings(device, loaded.dtype, float(minimum), options.bsr_block, capability)
+    return BackendSettings(device, loaded.dtype, float(sparse_min_sparsity), options.bsr_block, capability)
 
 
 # A backend takes (a copy of the pruned model, settings) and returns the module to time.

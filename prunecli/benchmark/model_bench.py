@@ -140,7 +140,7 @@ def flops_of(candidates: dict[str, nn.Module], dense_model: nn.Module, inputs: t
 @torch.inference_mode()
 def benchmark_backends(ctx: BenchmarkContext) -> dict:
     options, loaded = ctx.settings, ctx.loaded
-    settings = backend_settings(loaded, options)
+    settings = backend_settings(loaded, options, options.sparse_min_sparsity)
     inputs = loaded.example_input(options.batch_size, options.seqlen)
     try:
         candidates, left_out = build_candidates(ctx, settings, inputs)

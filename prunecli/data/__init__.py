@@ -1,26 +1,96 @@
-"""Text sources (``data.calibration`` / ``data.eval``) and the windows cut from them.
+"""The ``data`` options, text sources (``data.calibration`` / ``data.eval``) and the windows cut from them.
 
-A source returns a list of documents. Calibration draws ``nsamples`` random windows of
+``data`` is parsed once into :class:`DataOptions` (:func:`parse_data`), its two source nodes
+into their sources' typed options. A source is one :class:`TextSource` (its loader and
+options), registered with :func:`register_source`; it returns a list of documents. Calibration draws ``nsamples`` random windows of
 ``seqlen`` tokens with the reference code's rule (Wanda / SparseGPT); evaluation joins the
 documents with ``"\\n\\n"``, tokenises them as one string and cuts non-overlapping windows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
-from prunecli.errors import PruneError
+from prunecli.errors import PruneError, require_int
+from prunecli.options import Options, at_least, parse
 from prunecli.registry import Registry
 
-# A source takes its config node and returns the documents as a list of strings.
-TEXT_SOURCES: Registry[Callable[[Any], list[str]]] = Registry("data source")
+
+@dataclass(frozen=True)
+class SourceOptions(Options):
+    """A text source's node (``data/calibration=<source>``, ``data/eval=<source>``, an LM fine-tune's
+    ``finetune.data``); ``source`` names the registered source."""
+
+    source: str = ""
 
 
-def load_documents(source_cfg: Any) -> list[str]:
-    return TEXT_SOURCES.get(source_cfg.source)(source_cfg)
+@dataclass(frozen=True)
+class TextSource:
+    """``load(options) -> documents``, and the typed options of its node."""
+
+    name: str
+    load: Callable[[Any], list[str]]
+    options: type[SourceOptions] = SourceOptions
+
+
+TEXT_SOURCES: Registry[TextSource] = Registry("data source")
+
+
+def register_source(name: str, options: type[SourceOptions] = SourceOptions) -> Callable:
+    """Decorator: register ``load`` as the text source ``name`` with typed ``options``."""
+    def add(load: Callable[[Any], list[str]]) -> Callable[[Any], list[str]]:
+        TEXT_SOURCES.add(name, TextSource(name, load, options))
+        return load
+
+    return add
+
+
+def source_options(node: Any, prefix: str) -> SourceOptions:
+    """A source node (config node or mapping) as its source's typed options; typed options as they are.
+    Keys set to null are not set (a node shared by every source, like ``finetune.data``, lists ``path: null``)."""
+    if isinstance(node, SourceOptions):
+        return node
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    name = values.get("source")
+    if not name:
+        raise PruneError(f"{prefix}.source is missing (choose from: {', '.join(TEXT_SOURCES.names())})")
+    return parse(TEXT_SOURCES.get(name).options, {key: value for key, value in values.items() if value is not None}, prefix)
+
+
+def load_documents(source: Any, prefix: str = "data") -> list[str]:
+    """The documents of ``source`` (typed options, or a node parsed under ``prefix``)."""
+    options = source_options(source, prefix)
+    return TEXT_SOURCES.get(options.source).load(options)
+
+
+@dataclass(frozen=True)
+class DataOptions(Options):
+    """The ``data`` node: calibration sampling, the window length, the evaluation budget, the two sources."""
+
+    nsamples: int = 64  # calibration windows
+    seqlen: int = 512  # tokens per window (calibration and evaluation)
+    seed: int = 0  # calibration sampling seed
+    max_eval_tokens: int | None = 16384  # evaluation budget (null: the whole text)
+    calibration: Any = None  # SourceOptions once parsed
+    eval: Any = None  # SourceOptions once parsed
+
+    def check(self, prefix: str) -> None:
+        at_least(self, prefix, "nsamples", 1)
+        at_least(self, prefix, "seqlen", 1)
+        require_int(self.max_eval_tokens, f"{prefix}.max_eval_tokens", null="for the whole text")
+
+
+def parse_data(node: Any) -> DataOptions:
+    """The ``data`` node as :class:`DataOptions`, both sources typed (every key and value checked)."""
+    options = parse(DataOptions, node, "data")
+    return dataclasses.replace(options, calibration=source_options(options.calibration, "data.calibration"),
+                               eval=source_options(options.eval, "data.eval"))
 
 
 class TokenCache:

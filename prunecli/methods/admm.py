@@ -21,14 +21,16 @@ conjugate gradient on ``f`` over the mask's support (each step lowers ``f``). Re
 layer: the relative output error ``sqrt(f / tr(W H W^T)) = ||W X - W' X|| / ||W X||`` of the
 mask without update (``error_before``) and with it (``error_after``), and the ADMM residual
 ``||V - Z|| / ||Z||`` (how far from converged).
+
+``update=admm`` runs the same iteration on the fixed mask of another method (magnitude, Wanda,
+SparseGPT; :mod:`prunecli.methods.update`): ``M_k = M`` throughout, ``mask_steps`` does not apply.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -38,42 +40,40 @@ from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.masks import check_nm_fits, select_mask
 from prunecli.methods.statistics import Hessian
 from prunecli.methods.targets import weight_matrix
-from prunecli.options import at_least
+from prunecli.methods.update import Update, objective, register_update, relative_error
+from prunecli.options import Options, at_least
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ADMMOptions(CalibratedOptions):
+class ADMMUpdateOptions(Options):
+    """The re-fit on a given mask (``update=admm``; also the re-fit part of ``method=admm``)."""
+
     iterations: int = 20  # ADMM iterations
-    mask_steps: int = 15  # the mask is re-chosen during the first mask_steps iterations (0: once, from Wanda's scores)
     rho: float = 1.0  # ADMM penalty, in the scaled space (unit-diagonal H)
     percdamp: float = 0.1  # damping added to the scaled H's unit diagonal
-    comparison: Literal["row", "layer"] = "row"  # unstructured mask: per output row or per matrix
     refine_steps: int = 0  # conjugate-gradient steps on the final support (0: none)
 
     def check(self, prefix: str) -> None:
-        super().check(prefix)
         at_least(self, prefix, "iterations", 1)
-        at_least(self, prefix, "mask_steps", 0)
         at_least(self, prefix, "percdamp", 0)
         at_least(self, prefix, "refine_steps", 0)
         if not self.rho > 0:
             raise PruneError(f"{prefix}.rho must be a number > 0 (got {self.rho!r})")
+
+
+@dataclass(frozen=True)
+class ADMMOptions(CalibratedOptions, ADMMUpdateOptions):
+    mask_steps: int = 15  # the mask is re-chosen during the first mask_steps iterations (0: once, from Wanda's scores)
+    comparison: Literal["row", "layer"] = "row"  # unstructured mask: per output row or per matrix
+
+    def check(self, prefix: str) -> None:
+        CalibratedOptions.check(self, prefix)
+        ADMMUpdateOptions.check(self, prefix)
+        at_least(self, prefix, "mask_steps", 0)
         if self.mask_steps > self.iterations:
             raise PruneError(f"{prefix}.mask_steps={self.mask_steps} exceeds {prefix}.iterations={self.iterations}")
-
-
-def objective(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> float:
-    """``f(W') = tr((W' - W) H (W' - W)^T)`` in fp64."""
-    delta = (W_new - W).double()
-    return float(((delta @ H.double()) * delta).sum())
-
-
-def relative_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor) -> float:
-    """``||W X - W' X|| / ||W X|| = sqrt(f(W') / tr(W H W^T))``."""
-    dense = float(((W.double() @ H.double()) * W.double()).sum())
-    return math.sqrt(max(objective(W, W_new, H), 0.0) / dense) if dense > 0 else 0.0
 
 
 def target_at(step: int, sparsity: float, mask_steps: int, nm: tuple[int, int] | None) -> float:
@@ -83,12 +83,39 @@ def target_at(step: int, sparsity: float, mask_steps: int, nm: tuple[int, int] |
     return sparsity * (1 - (1 - (step + 1) / mask_steps) ** 3)
 
 
+# Chooses the mask at an iteration from the scores |V + U|: the new mask (True = kept), or None to keep the current one.
+MaskRule = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+def gradual_mask(sparsity: float, nm: tuple[int, int] | None, options: ADMMOptions) -> MaskRule:
+    """``method=admm``'s rule: re-chosen at each of the first ``mask_steps`` iterations (at least the first)."""
+    def choose(step: int, scores: torch.Tensor) -> torch.Tensor | None:
+        if step > 0 and step >= options.mask_steps:
+            return None
+        return ~select_mask(scores, target_at(step, sparsity, options.mask_steps, nm), nm, options.comparison)
+
+    return choose
+
+
+def admm_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, options: ADMMOptions,
+               trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(W', keep, residual)`` with the mask chosen inside ADMM (:func:`gradual_mask`)."""
+    return admm_iterate(W, H, options, None, gradual_mask(sparsity, nm, options), trace)
+
+
+def admm_refit(W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, options: ADMMUpdateOptions,
+               trace: list | None = None) -> tuple[torch.Tensor, float]:
+    """``(W', residual)``: the weights re-fitted on the fixed mask ``keep`` (True = kept)."""
+    updated, _, residual = admm_iterate(W, H, options, keep, None, trace)
+    return updated, residual
+
+
 @torch.no_grad()
-def admm_update(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, options: ADMMOptions,
-                keep: torch.Tensor | None = None, trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``(W', keep, residual)``: the re-fitted weight (fp32), its mask (True = kept) and the final
-    ADMM residual. ``keep`` given: that mask is fixed (no selection). ``trace`` collects ``f`` of
-    every masked iterate ``Z_k`` (then of every refinement step)."""
+def admm_iterate(W: torch.Tensor, H: torch.Tensor, options: ADMMUpdateOptions, keep: torch.Tensor | None,
+                 choose: MaskRule | None, trace: list | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The iteration of the module doc: ``(W', keep, residual)``, the re-fitted weight (fp32), its mask and
+    the final ADMM residual. ``choose`` (if given) may replace ``keep`` at each iteration. ``trace``
+    collects ``f`` of every masked iterate ``Z_k`` (then of every refinement step)."""
     W, H = W.float().clone(), H.float().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -100,10 +127,9 @@ def admm_update(W: torch.Tensor, H: torch.Tensor, sparsity: float, nm: tuple[int
     target = V0 @ G
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(G + options.rho * torch.eye(len(G), device=G.device)))
     V, U = V0.clone(), torch.zeros_like(V0)
-    fixed = keep is not None
     for step in range(options.iterations):
-        if not fixed and (step < options.mask_steps or keep is None):
-            keep = ~select_mask((V + U).abs(), target_at(step, sparsity, options.mask_steps, nm), nm, options.comparison)
+        chosen = choose(step, (V + U).abs()) if choose is not None else None
+        keep = chosen if chosen is not None else keep
         Z = (V + U) * keep
         U += V - Z
         V = (target + options.rho * (Z - U)) @ inverse
@@ -144,11 +170,20 @@ def admm_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm:
     if nm is not None:
         check_nm_fits(weight.shape[1], nm, layer)
     dense = weight.float().clone()
-    updated, keep, residual = admm_update(dense, hessian, sparsity, nm, options)
-    errors = {"error_before": relative_error(dense, dense * keep, hessian), "error_after": relative_error(dense, updated, hessian),
-              "admm_residual": residual}
+    updated, keep, residual = admm_prune(dense, hessian, sparsity, nm, options)
     weight.copy_(updated.to(weight.dtype))
-    return errors
+    return {"error_before": relative_error(dense, dense * keep, hessian), "error_after": relative_error(dense, updated, hessian),
+            "admm_residual": residual}
+
+
+def error_summary(errors: dict[str, dict], options: ADMMUpdateOptions) -> dict:
+    """metrics.json's account of a re-fit: iterations, mean errors before / after, the largest final residual."""
+    return {
+        "iterations": options.iterations,
+        "error_before_mean": sum(e["error_before"] for e in errors.values()) / max(len(errors), 1),
+        "error_after_mean": sum(e["error_after"] for e in errors.values()) / max(len(errors), 1),
+        "residual_max": max((e["admm_residual"] for e in errors.values()), default=0.0),
+    }
 
 
 def admm(ctx: PruneContext) -> None:
@@ -161,12 +196,14 @@ def admm(ctx: PruneContext) -> None:
 
     prune_layerwise(ctx, Hessian, prune_block, "admm", ctx.options.calibration_batch_size)
     ctx.stats["layer_errors"] = errors
-    ctx.stats["admm"] = {
-        "iterations": ctx.options.iterations, "mask_steps": ctx.options.mask_steps,
-        "error_before_mean": sum(e["error_before"] for e in errors.values()) / max(len(errors), 1),
-        "error_after_mean": sum(e["error_after"] for e in errors.values()) / max(len(errors), 1),
-        "residual_max": max((e["admm_residual"] for e in errors.values()), default=0.0),
-    }
+    ctx.stats["admm"] = error_summary(errors, ctx.options) | {"mask_steps": ctx.options.mask_steps}
+
+
+def refit_admm(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, options: ADMMUpdateOptions) -> tuple[torch.Tensor, dict]:
+    """``update=admm``: the re-fitted weight on a method's mask, and its ADMM residual."""
+    updated, residual = admm_refit(weight, hessian, keep, options)
+    return updated, {"admm_residual": residual}
 
 
 register(Method("admm", admm, ADMMOptions, calibration=True))
+register_update(Update("admm", refit_admm, ADMMUpdateOptions, summary=error_summary))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from prunecli.errors import PruneError
-from prunecli.methods import CalibratedOptions, PruneContext
+from prunecli.methods import PruneContext, calibration_batch_size
 from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.statistics import InputNorms
 from prunecli.methods.targets import weight_matrix
@@ -54,9 +54,7 @@ def owl(ctx: PruneContext, options: Any) -> dict[str, float]:
         outliers = (scores > threshold * scores.mean()).sum()
         blocks.append((float(outliers / scores.count_nonzero()), list(layers)))
 
-    # the method's calibration batch, or the default one for a method without calibration (magnitude)
-    batch_size = (ctx.options if isinstance(ctx.options, CalibratedOptions) else CalibratedOptions).calibration_batch_size
-    prune_layerwise(ctx, InputNorms, measure, "owl", batch_size, measure_only=True)  # dense outputs feed the next block
+    prune_layerwise(ctx, InputNorms, measure, "owl", calibration_batch_size(ctx.options), measure_only=True)  # dense outputs feed the next block
     sparsities = owl_block_sparsities([ratio for ratio, _ in blocks], ctx.sparsity, lam)
     ctx.stats["owl"] = {"outlier_ratio": [ratio for ratio, _ in blocks], "block_sparsity": sparsities}
     return {name: s for s, (_, names) in zip(sparsities, blocks) for name in names}

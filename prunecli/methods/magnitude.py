@@ -45,4 +45,4 @@ def reprune_magnitude(ctx: PruneContext, state: dict) -> None:
     prune_by_magnitude(ctx, lambda w: pruned_lowest(w.abs().float(), w))
 
 
-register(Method("magnitude", magnitude, MagnitudeOptions, reprune=reprune_magnitude))
+register(Method("magnitude", magnitude, MagnitudeOptions, reprune=reprune_magnitude, refittable=True))
