@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from prunecli.errors import PruneError
 
@@ -39,9 +39,31 @@ class Options:
         """Raise :class:`PruneError` naming ``<prefix>.<key>`` for a value the type allows but the rule does not."""
 
 
+def node_values(node: Any, prefix: str) -> dict:
+    """A config node (or mapping) as a plain dict, interpolations resolved; a mandatory value left
+    unset (``???``) is one line naming it."""
+    if not isinstance(node, DictConfig):
+        return dict(node or {})
+    missing = unset_keys(OmegaConf.to_container(node, resolve=False))
+    if missing:
+        raise PruneError(f"{prefix}.{missing[0]} must be set: {prefix}.{missing[0]}=...")
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def unset_keys(values: dict, path: str = "") -> list[str]:
+    """The dotted keys whose raw value is OmegaConf's mandatory marker ``???``."""
+    keys = []
+    for key, value in values.items():
+        if value == MISSING:
+            keys.append(f"{path}{key}")
+        elif isinstance(value, dict):
+            keys.extend(unset_keys(value, f"{path}{key}."))
+    return keys
+
+
 def parse(cls: type[O], node: Any, prefix: str) -> O:
     """``cls`` filled from ``node`` (a DictConfig or mapping), every key and value checked (see module doc)."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    values = node_values(node, prefix)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in values:

@@ -32,7 +32,7 @@ from prunecli.methods.allocation import ALLOCATIONS
 from prunecli.methods.masks import check_nm_fits, parse_pattern
 from prunecli.methods import update as updates
 from prunecli.methods.targets import select_layers, weight_matrix
-from prunecli.models import LoadedModel, load_model, resolve_device, resolve_dtype
+from prunecli.models import LoadedModel, ModelOptions, load_model, parse_model
 from prunecli.outputs import write_csv
 from prunecli.sparsity import sparsity_summary
 from prunecli.tracking import check_available as check_tracker
@@ -49,6 +49,7 @@ class Checked:
     """What :func:`validate` parsed from the config."""
 
     nm: tuple[int, int] | None  # the N:M pattern, None = unstructured
+    model: ModelOptions  # the model source's, typed
     data: DataOptions
     eval: evaluation.EvalOptions
     method: Method
@@ -71,10 +72,9 @@ def validate(cfg: DictConfig) -> Checked:
     sparsity = cfg.sparsity
     if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
         raise PruneError(f"sparsity must be a number in [0, 1) (got {sparsity!r})")
+    model = parse_model(cfg.model)
     data = parse_data(cfg.data)
     evals = evaluation.parse_eval(cfg.eval)
-    resolve_device(cfg.model.device)
-    resolve_dtype(cfg.model.dtype)
     options = METHODS.get(cfg.method.name).parse(cfg.method)
     ALLOCATIONS.get(cfg.allocation)
     bench = benchmark.check_settings(cfg.benchmark)
@@ -97,7 +97,7 @@ def validate(cfg: DictConfig) -> Checked:
         update_options = update.parse(cfg["update"], METHODS.get(cfg.method.name))
         if analysis is not None or not oneshot:
             raise PruneError(f"update={update.name} re-fits the weights of a one-shot pruning: use schedule=oneshot analysis=none")
-    return Checked(nm, data, evals, METHODS.get(cfg.method.name), options, analysis, analysis_options, update, update_options, bench, tuning, schedule)
+    return Checked(nm, model, data, evals, METHODS.get(cfg.method.name), options, analysis, analysis_options, update, update_options, bench, tuning, schedule)
 
 
 @dataclass
@@ -136,7 +136,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     timings: dict = {}
     torch.manual_seed(cfg.seed)
     with stage(timings, "load"):
-        loaded = load_model(cfg)
+        loaded = load_model(checked.model)
     data = checked.data
     if loaded.tokenizer is not None and data.seqlen > loaded.max_length:  # text models only
         raise PruneError(f"data.seqlen={data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
@@ -148,14 +148,14 @@ def prepare(cfg: DictConfig) -> Prepared:
         for name, module in layers.items():
             check_nm_fits(weight_matrix(module).shape[1], nm, name)
     with stage(timings, "data"):
-        evaluate = evaluation.build(loaded, checked.eval, data, cfg)
+        evaluate = evaluation.build(loaded, checked.eval, checked.model, data, cfg)
     windows = None
     if needs_calibration(cfg, checked):
         with stage(timings, "calibration_data"):
             if loaded.input_shape is not None:  # image model: (images, labels), a fixed subset of its dataset's train split
                 from prunecli.data.vision import calibration_images
 
-                windows = calibration_images(cfg.model.dataset, loaded.input_shape, data.nsamples, data.seed)
+                windows = calibration_images(checked.model.dataset, loaded.input_shape, data.nsamples, data.seed)
             else:
                 documents = load_documents(data.calibration)
                 windows = calibration_windows(loaded.tokenizer, documents, data.nsamples, data.seqlen, data.seed)

@@ -315,12 +315,12 @@ def test_shrunk_model_saves_and_reloads_with_identical_logits(tmp_path):
 
 
 def test_torchvision_missing_gives_the_pip_command(monkeypatch):
-    from prunecli.models.vision import load_torchvision
+    from prunecli.models.vision import ImageModelOptions, load_torchvision
 
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.models", None)
     with pytest.raises(PruneError, match=r"model=torchvision needs torchvision, which is not installed: pip install 'prunecli\[vision\]'"):
-        load_torchvision(OmegaConf.create({"arch": "resnet18", "num_classes": 10}))
+        load_torchvision(ImageModelOptions(name="torchvision", source="torchvision", arch="resnet18", num_classes=10))
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -357,16 +357,17 @@ class Oracle(nn.Module):
 def test_accuracy_evaluator_counts_correct_predictions(tmp_path):
     from prunecli.evaluate import EVALUATORS, EvalContext
     from prunecli.evaluate.accuracy import AccuracyOptions, accuracy_f1
+    from prunecli.models.vision import ImageModelOptions
 
     levels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]
     labels = [0, 1, 2, 3, 4, 5, 6, 0, 0, 0, 1, 9]  # 8 of 12 right; 7 of the first 8
     folder = fake_fashion_mnist(tmp_path / "fmnist", levels, labels)
     loaded = LoadedModel(Oracle(), None, "oracle", "image_classifier", CPU, torch.float32, (1, 28, 28))
-    cfg = OmegaConf.create({"model": {"dataset": {"source": "fashion_mnist", "path": str(folder), "eval_samples": None}}})
+    model = ImageModelOptions(dataset={"source": "fashion_mnist", "path": str(folder), "eval_samples": None})
     accuracy = EVALUATORS.get("accuracy")
 
     def evaluator(model_info, max_examples=None):
-        return accuracy.build(EvalContext(model_info, AccuracyOptions(batch_size=5, max_examples=max_examples), None, cfg))
+        return accuracy.build(EvalContext(model_info, AccuracyOptions(batch_size=5, max_examples=max_examples), model, None, None))
 
     metrics = evaluator(loaded)(loaded.model)
     assert metrics["accuracy"] == pytest.approx(8 / 12) and metrics["eval_samples"] == 12

@@ -122,12 +122,48 @@ def test_data_and_eval_nodes_are_typed_at_composition():
     assert error("data.seqlen=abc") == "data.seqlen must be an integer (got 'abc')"
     assert error("data.seed=1.5") == "data.seed must be an integer (got 1.5)"
     assert error("+data.nsample=8") == "unknown key data.nsample (did you mean data.nsamples?)"
-    assert error("data/calibration=text_file") == "data source text_file needs a path: data.calibration.path=FILE"
+    assert error("data/calibration=text_file") == "data.calibration.path must be set: data.calibration.path=..."
+    assert error("data/calibration=text_file", "data.calibration.path=null") == "data source text_file needs a path: data.calibration.path=FILE"
     assert error("data/eval=wikitext2", "+data.eval.splt=test") == "unknown key data.eval.splt (did you mean data.eval.split?)"
     assert error("eval.perplexity.batch_size=0") == "eval.perplexity.batch_size must be a positive integer (got 0)"
     assert error("+eval.perplexity.batchsize=2") == "unknown key eval.perplexity.batchsize (did you mean eval.perplexity.batch_size?)"
     assert error("eval.baseline=maybe") == "eval.baseline must be true or false (got 'maybe')"
     assert error("+eval.accuracyy={}") == "unknown key eval.accuracyy (its keys: baseline, accuracy, perplexity, zeroshot)"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml")))
+def test_every_model_yaml_parses_into_its_sources_typed_options(name):
+    from hydra import compose, initialize_config_dir
+
+    from prunecli.models import MODEL_SOURCES
+    from prunecli.pipeline import validate
+
+    extra = ["model.name_or_path=gpt2"] if name == "hf" else []
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=[f"model={name}", "eval=none", "method=dense", *extra])
+    options = validate(cfg).model
+    assert type(options) is MODEL_SOURCES.get(cfg.model.source).options and options.name == cfg.model.name
+    assert {f.name for f in dataclasses.fields(options)} >= set(cfg.model)  # every key a typed field
+
+
+def test_model_node_errors_are_one_line_at_composition():
+    from hydra import compose, initialize_config_dir
+
+    from prunecli.pipeline import validate
+
+    def error(*overrides):
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            cfg = compose("run", overrides=list(overrides))
+        with pytest.raises(PruneError) as err:
+            validate(cfg)
+        return str(err.value)
+
+    assert error("model=hf") == "model.name_or_path must be set: model.name_or_path=..."
+    assert error("model=tiny_llama", "model.seed=abc") == "model.seed must be an integer (got 'abc')"
+    assert error("model=tiny_llama", "+model.sed=1") == "unknown key model.sed (did you mean model.seed?)"
+    assert error("model.dtype=fp8") == "unknown model.dtype 'fp8' (choose from: fp32, fp16, bf16)"
+    assert error("model=small_cnn", "model.arch=alexnet", "eval=accuracy") == "unknown built-in CNN arch 'alexnet' (choose from: " \
+        + ", ".join(__import__("prunecli.models.cnns", fromlist=["ARCHITECTURES"]).ARCHITECTURES) + ")"
 
 
 def test_every_update_yaml_matches_its_options():

@@ -140,4 +140,4 @@ def test_missing_harness_is_one_line(monkeypatch):
     loaded = LoadedModel(torch.nn.Linear(1, 1), None, "x", "causal_lm", torch.device("cpu"), torch.float32)
     options = parse(zeroshot.ZeroshotOptions, settings(), "eval.zeroshot")
     with pytest.raises(PruneError, match=r"eval=zeroshot needs lm-evaluation-harness, which is not installed: pip install 'prunecli\[zeroshot\]'"):
-        zeroshot.zeroshot_evaluator(EvalContext(loaded, options, None, None))
+        zeroshot.zeroshot_evaluator(EvalContext(loaded, options, None, None, None))

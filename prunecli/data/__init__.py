@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from prunecli.errors import PruneError, require_int
-from prunecli.options import Options, at_least, parse
+from prunecli.options import Options, at_least, node_values, parse
 from prunecli.registry import Registry
 
 
@@ -56,7 +55,7 @@ def source_options(node: Any, prefix: str) -> SourceOptions:
     Keys set to null are not set (a node shared by every source, like ``finetune.data``, lists ``path: null``)."""
     if isinstance(node, SourceOptions):
         return node
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    values = node_values(node, prefix)
     name = values.get("source")
     if not name:
         raise PruneError(f"{prefix}.source is missing (choose from: {', '.join(TEXT_SOURCES.names())})")

@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import MISSING
-
 from prunecli.data import SourceOptions, register_source
 from prunecli.errors import PruneError
 
@@ -18,7 +16,7 @@ class TextFileOptions(SourceOptions):
     field: str = "text"  # the .jsonl field holding the text
 
     def check(self, prefix: str) -> None:
-        if self.path in (None, "", MISSING):
+        if not self.path:
             raise PruneError(f"data source text_file needs a path: {prefix}.path=FILE")
 
 

@@ -106,7 +106,7 @@ def fit_to(x: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
 
 def image_split(dataset_cfg: Any, split: str, input_shape: tuple[int, ...] | None, indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` of a split (optionally only ``indices``), fitted to ``input_shape`` (``None``: native)."""
-    dataset = IMAGE_DATASETS.get(dataset_cfg.source)
+    dataset = IMAGE_DATASETS.get(dataset_cfg["source"])
     images, labels = dataset.read(dataset_cfg.get("path"), split)
     if indices is not None:
         images, labels = images[indices.numpy()], labels[indices.numpy()]
@@ -115,7 +115,7 @@ def image_split(dataset_cfg: Any, split: str, input_shape: tuple[int, ...] | Non
 
 def calibration_images(dataset_cfg: Any, input_shape: tuple[int, ...], nsamples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed subset of the train split: ``nsamples`` images drawn without replacement under ``seed``."""
-    dataset = IMAGE_DATASETS.get(dataset_cfg.source)
+    dataset = IMAGE_DATASETS.get(dataset_cfg["source"])
     _, labels = dataset.read(dataset_cfg.get("path"), "train")
     if not 1 <= nsamples <= len(labels):
         raise PruneError(f"data.nsamples={nsamples} calibration images: the train split has {len(labels)}")
@@ -129,7 +129,7 @@ def eval_images(dataset_cfg: Any, input_shape: tuple[int, ...] | None = None, ma
     ``input_shape=None`` keeps the native size (fit each batch with :func:`fit_to`: a 224x224
     RGB copy of the whole split would take gigabytes).
     """
-    dataset = IMAGE_DATASETS.get(dataset_cfg.source)
+    dataset = IMAGE_DATASETS.get(dataset_cfg["source"])
     _, labels = dataset.read(dataset_cfg.get("path"), "test")
     count = max_count if max_count is not None else dataset_cfg.get("eval_samples")
     count = len(labels) if count is None else int(count)

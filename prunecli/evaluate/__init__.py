@@ -14,20 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
-
 from prunecli.errors import PruneError
-from prunecli.options import Options, check_type, parse
+from prunecli.options import Options, check_type, node_values, parse
 from prunecli.registry import Registry
 
 
 @dataclass
 class EvalContext:
     """What an evaluator is built from: the loaded model, its own typed options, the run's typed
-    ``data`` options (sources, window length, budget) and the run config (for other groups' keys)."""
+    ``model`` and ``data`` options and the run config (for other groups' keys: a fine-tune's data)."""
 
     loaded: Any  # LoadedModel
     options: Any  # the evaluator's Options
+    model: Any  # ModelOptions (image models: the dataset to score on)
     data: Any  # DataOptions
     cfg: Any
 
@@ -58,7 +57,7 @@ class EvalOptions:
 
 def parse_eval(node: Any) -> EvalOptions:
     """The ``eval`` node as :class:`EvalOptions`: every key is ``baseline`` or a registered evaluator."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    values = node_values(node, "eval")
     baseline = values.pop("baseline", False)
     check_type(baseline, bool, "eval.baseline")
     for key in values:
@@ -73,9 +72,9 @@ def selected(cfg: Any) -> list[str]:
     return [name for name in EVALUATORS.names() if name in cfg.eval and hasattr(cfg.eval[name], "keys")]
 
 
-def build(loaded: Any, options: EvalOptions, data: Any, cfg: Any) -> Callable[[Any], dict]:
+def build(loaded: Any, options: EvalOptions, model: Any, data: Any, cfg: Any) -> Callable[[Any], dict]:
     """One ``evaluate(model)`` that runs every selected evaluator and merges their metrics."""
-    parts = [EVALUATORS.get(name).build(EvalContext(loaded, own, data, cfg)) for name, own in options.evaluators.items()]
+    parts = [EVALUATORS.get(name).build(EvalContext(loaded, own, model, data, cfg)) for name, own in options.evaluators.items()]
     return lambda model: {key: value for part in parts for key, value in part(model).items()}
 
 

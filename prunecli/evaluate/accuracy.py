@@ -113,7 +113,7 @@ def image_classifier(ctx: EvalContext) -> Callable[[torch.nn.Module], dict]:
     from prunecli.data.vision import eval_images, fit_to
 
     loaded = ctx.loaded
-    images, labels = eval_images(ctx.cfg.model.dataset, None, ctx.options.max_examples)  # native size, fitted per batch
+    images, labels = eval_images(ctx.model.dataset, None, ctx.options.max_examples)  # native size, fitted per batch
     batch_size = ctx.options.batch_size
     fit = lambda batch: fit_to(batch, loaded.input_shape)  # noqa: E731
     return lambda model: classification_metrics(classifier_logits(model, images, batch_size, loaded.device, fit), labels)

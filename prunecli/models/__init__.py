@@ -1,14 +1,16 @@
-"""Model loading: one loader per ``model.source``, all returning a :class:`LoadedModel`."""
+"""Model loading: one :class:`ModelSource` per ``model.source`` (its loader and typed options),
+all returning a :class:`LoadedModel`. The ``model`` node is parsed once (:func:`parse_model`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
 
 from prunecli.errors import PruneError
+from prunecli.options import Options, node_values, parse
 from prunecli.registry import Registry
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -44,8 +46,54 @@ class LoadedModel:
         raise PruneError(f"cannot tell the context length of {type(self.model).__name__}")
 
 
-# A loader takes the ``model`` config node and returns (model, tokenizer, task).
-MODEL_SOURCES: Registry[Callable[[Any], tuple[nn.Module, Any, str]]] = Registry("model source")
+@dataclass(frozen=True)
+class ModelOptions(Options):
+    """What every ``model`` node has: ``name`` (shown and recorded), ``source`` (the loader), where and how it runs."""
+
+    source: str = ""
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def check(self, prefix: str) -> None:
+        resolve_device(self.device)
+
+
+@dataclass(frozen=True)
+class TextModelOptions(ModelOptions):
+    """A Hugging Face text model's node."""
+
+    trust_remote_code: bool = False  # only set true for code you have read
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """``load(options) -> (model, tokenizer, task)``, and the typed options of its ``model`` node."""
+
+    name: str
+    load: Callable[[Any], tuple[nn.Module, Any, str]]
+    options: type[ModelOptions] = TextModelOptions
+
+
+MODEL_SOURCES: Registry[ModelSource] = Registry("model source")
+
+
+def register_source(name: str, options: type[ModelOptions] = TextModelOptions) -> Callable:
+    """Decorator: register ``load`` as the model source ``name`` with typed ``options``."""
+    def add(load: Callable[[Any], tuple[nn.Module, Any, str]]) -> Callable[[Any], tuple[nn.Module, Any, str]]:
+        MODEL_SOURCES.add(name, ModelSource(name, load, options))
+        return load
+
+    return add
+
+
+def parse_model(node: Any) -> ModelOptions:
+    """The ``model`` node as its source's typed options (every key and value checked)."""
+    if isinstance(node, ModelOptions):
+        return node
+    source = node_values(node, "model").get("source")
+    if not source:
+        raise PruneError(f"model.source is missing (choose from: {', '.join(MODEL_SOURCES.names())})")
+    return parse(MODEL_SOURCES.get(source).options, node, "model")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,25 +116,25 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(cfg: Any) -> LoadedModel:
-    """Load ``cfg.model`` on its device and dtype, in eval mode."""
-    device = resolve_device(cfg.model.device)
-    dtype = resolve_dtype(cfg.model.dtype)
-    source = MODEL_SOURCES.get(cfg.model.source)
+def load_model(options: ModelOptions) -> LoadedModel:
+    """Load the model of ``options`` (the parsed ``model`` node) on its device and dtype, in eval mode."""
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype)
+    source = MODEL_SOURCES.get(options.source)
     try:  # a corrupt checkpoint or a bad config is bad input: one line, like a missing path
-        model, tokenizer, task = source(cfg.model)
+        model, tokenizer, task = source.load(options)
         model = model.to(device=device, dtype=dtype).eval()
     except PruneError:
         raise
     except Exception as err:  # whatever the checkpoint's reader raises (safetensors has its own error type)
         reason = (str(err).strip().splitlines() or [""])[0]
-        raise PruneError(f"cannot load model {cfg.model.name}: {type(err).__name__}: {reason}") from None
+        raise PruneError(f"cannot load model {options.name}: {type(err).__name__}: {reason}") from None
     # Whole corpora are tokenised as one text and cut into windows here, never fed whole to
     # the model: silence the tokenizer's "longer than the model maximum" warning.
     if tokenizer is not None:  # image models have none
         tokenizer.model_max_length = int(1e30)
-    input_shape = tuple(int(d) for d in cfg.model.input_shape) if cfg.model.get("input_shape") else None
-    return LoadedModel(model, tokenizer, cfg.model.name, task, device, dtype, input_shape)
+    shape = getattr(options, "input_shape", None)  # image models' options have one
+    return LoadedModel(model, tokenizer, options.name, task, device, dtype, tuple(shape) if shape else None)
 
 
 # Register the loaders.

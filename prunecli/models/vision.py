@@ -24,17 +24,16 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from prunecli.assets import cache_dir
 from prunecli.errors import PruneError
-from prunecli.models import MODEL_SOURCES
+from prunecli.models import ModelOptions, register_source
 from prunecli.models.cnns import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -42,28 +41,63 @@ log = logging.getLogger(__name__)
 TASK = "image_classifier"
 
 
-def _settings(cfg: Any) -> dict:
-    arch = str(cfg.get("arch", "small_cnn"))
-    if arch not in ARCHITECTURES:
-        raise PruneError(f"unknown built-in CNN arch {arch!r} (choose from: {', '.join(ARCHITECTURES)})")
+@dataclass(frozen=True)
+class ImageModelOptions(ModelOptions):
+    """An image classifier's ``model`` node."""
+
+    arch: str = "resnet18"
+    input_shape: list[int] = field(default_factory=lambda: [3, 224, 224])  # (channels, height, width) of one image
+    num_classes: int = 10
+    seed: int = 0  # the random init
+    checkpoint: str | None = None  # load these weights (.safetensors or a weights-only torch file)
+    dataset: dict = field(default_factory=lambda: {"source": "fashion_mnist", "path": None, "eval_samples": 10000})
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise PruneError(f"{prefix}.input_shape must be [channels, height, width] (got {self.input_shape!r})")
+        unknown = sorted(set(self.dataset) - {"source", "path", "eval_samples"})
+        if "source" not in self.dataset or unknown:
+            raise PruneError(f"{prefix}.dataset takes source, path and eval_samples (got {sorted(self.dataset)})")
+
+
+@dataclass(frozen=True)
+class BuiltinCNNOptions(ImageModelOptions):
+    """A built-in CNN (:data:`ARCHITECTURES`), trained once on its dataset if asked and cached."""
+
+    arch: str = "small_cnn"
+    widths: list[int] | None = None  # channels per stage (null: the architecture's)
+    train_epochs: float = 2  # training recipe on first use: Adam, cosine schedule (0: random init)
+    train_steps: int | None = None  # cap on the optimiser steps (null: train_epochs full epochs)
+    train_batch_size: int = 128
+    train_lr: float = 0.002
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        if self.arch not in ARCHITECTURES:
+            raise PruneError(f"unknown built-in CNN arch {self.arch!r} (choose from: {', '.join(ARCHITECTURES)})")
+
+
+def _settings(options: BuiltinCNNOptions) -> dict:
+    """What determines the trained weights (hashed into their cache file's name)."""
     return {
-        "arch": arch, "widths": list(cfg.get("widths") or ARCHITECTURES[arch][1]), "num_classes": int(cfg.get("num_classes", 10)),
-        "in_channels": int(cfg.input_shape[0]), "input_shape": [int(d) for d in cfg.input_shape], "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-        "train_epochs": cfg.get("train_epochs", 2), "train_steps": cfg.get("train_steps"),
-        "train_batch_size": int(cfg.get("train_batch_size", 128)), "train_lr": float(cfg.get("train_lr", 2e-3)), "seed": int(cfg.get("seed", 0)),
+        "arch": options.arch, "widths": list(options.widths or ARCHITECTURES[options.arch][1]), "num_classes": options.num_classes,
+        "in_channels": options.input_shape[0], "input_shape": list(options.input_shape), "dataset": dict(options.dataset),
+        "train_epochs": options.train_epochs, "train_steps": options.train_steps,
+        "train_batch_size": options.train_batch_size, "train_lr": float(options.train_lr), "seed": options.seed,
     }
 
 
-def cached_weights_path(cfg: Any) -> Path:
-    settings = _settings(cfg)
+def cached_weights_path(options: BuiltinCNNOptions) -> Path:
+    settings = _settings(options)
     settings["dataset"] = {k: v for k, v in settings["dataset"].items() if k in ("source", "path")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / "vision" / f"{settings['arch']}-{digest}.safetensors"
 
 
-def build_cnn(cfg: Any) -> nn.Module:
-    """The built-in ``cfg.arch`` with weights drawn under ``cfg.seed`` (untrained)."""
-    settings = _settings(cfg)
+def build_cnn(options: BuiltinCNNOptions) -> nn.Module:
+    """The built-in ``options.arch`` with weights drawn under ``options.seed`` (untrained)."""
+    settings = _settings(options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings["seed"])
         return ARCHITECTURES[settings["arch"]][0](settings["in_channels"], settings["num_classes"], tuple(settings["widths"]))
@@ -108,21 +142,21 @@ def save_safetensors(model: nn.Module, path: Path, metadata: dict | None = None)
         save_file(state, str(temp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
-@MODEL_SOURCES.register("builtin_cnn")
-def load_builtin_cnn(cfg: Any):
-    """``cfg.checkpoint`` if given; else trained once (``train_epochs`` > 0 or ``train_steps``) and cached; else random init."""
+@register_source("builtin_cnn", BuiltinCNNOptions)
+def load_builtin_cnn(options: BuiltinCNNOptions):
+    """``options.checkpoint`` if given; else trained once (``train_epochs`` > 0 or ``train_steps``) and cached; else random init."""
     from prunecli.data.vision import image_split
 
-    model = build_cnn(cfg)
-    if cfg.get("checkpoint"):
-        load_state_resized(model, read_checkpoint(cfg.checkpoint))
+    model = build_cnn(options)
+    if options.checkpoint:
+        load_state_resized(model, read_checkpoint(options.checkpoint))
         return model, None, TASK
-    settings = _settings(cfg)
+    settings = _settings(options)
     if not settings["train_epochs"] and not settings["train_steps"]:
         return model, None, TASK
-    path = cached_weights_path(cfg)
+    path = cached_weights_path(options)
     if not path.exists():
-        images, labels = image_split(cfg.dataset, "train", tuple(cfg.input_shape))
+        images, labels = image_split(options.dataset, "train", tuple(options.input_shape))
         log.info("training %s once (%s epochs, seed %d); weights cached in %s", settings["arch"], settings["train_epochs"], settings["seed"], path)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings["seed"])
@@ -202,18 +236,18 @@ def import_torchvision():
     return models
 
 
-@MODEL_SOURCES.register("torchvision")
-def load_torchvision(cfg: Any):
+@register_source("torchvision", ImageModelOptions)
+def load_torchvision(options: ImageModelOptions):
     models = import_torchvision()
-    arch = str(cfg.arch)
+    arch = options.arch
     available = models.list_models(module=models)
     if arch not in available:
         raise PruneError(f"unknown torchvision classification arch {arch!r} (e.g. {', '.join(a for a in ('mobilenet_v2', 'resnet18', 'vgg11') if a in available)})")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.get("seed", 0)))
-        model = models.get_model(arch, weights=None, num_classes=int(cfg.num_classes))
-    if cfg.get("checkpoint"):
-        load_state_resized(model, read_checkpoint(cfg.checkpoint))
+        torch.manual_seed(options.seed)
+        model = models.get_model(arch, weights=None, num_classes=options.num_classes)
+    if options.checkpoint:
+        load_state_resized(model, read_checkpoint(options.checkpoint))
     else:
         log.warning("model=torchvision arch=%s: no model.checkpoint, random init", arch)
     return model, None, TASK
