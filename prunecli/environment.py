@@ -50,8 +50,33 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: max allocated on the device; CPU: the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def reset_peak_memory() -> None:
+    """Start a new stretch for :func:`peak_memory`: the resident-set high-water mark (Linux
+    ``/proc/self/clear_refs``; elsewhere the process peak stays) and CUDA's allocation peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict:
+    """Peak MiB since the last :func:`reset_peak_memory`: ``rss`` (resident set, Linux ``VmHWM``;
+    elsewhere the process peak) and, with CUDA, ``cuda`` (max allocated on the current device)."""
+    peaks = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks["rss"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        peaks["cuda"] = torch.cuda.max_memory_allocated() / 2**20
+    return {key: round(value, 1) for key, value in peaks.items()}
+
+
+def peak_memory_mb(device: torch.device, stage_peaks: dict[str, dict]) -> float:
+    """The run's peak, from its stages' (:func:`peak_memory`): CUDA max allocated on a CUDA device, else resident set."""
+    key = "cuda" if device.type == "cuda" else "rss"
+    return max((peaks.get(key, 0.0) for peaks in stage_peaks.values()), default=peak_memory().get(key, 0.0))

@@ -23,7 +23,7 @@ from prunecli import benchmark, finetune, records, schedules
 from prunecli import evaluate as evaluation
 from prunecli.benchmark import BENCHMARKS, BenchmarkContext
 from prunecli.data import DataOptions, calibration_windows, load_documents, parse_data
-from prunecli.environment import environment, peak_memory_mb
+from prunecli.environment import environment, peak_memory, peak_memory_mb, reset_peak_memory
 from prunecli.errors import PruneError, RunFailedError
 from prunecli.evaluate import zeroshot
 from prunecli.interrupts import Interrupted
@@ -110,32 +110,40 @@ class Prepared:
     layers: dict
     evaluate: Callable[[torch.nn.Module], dict]
     calibration: torch.Tensor | None  # (nsamples, seqlen) windows, for data-aware methods only
-    timings: dict = field(default_factory=dict)
+    stages: Stages = field(default_factory=lambda: Stages())
     finetune: finetune.FineTune | None = None  # checked training data and settings (finetune != none)
 
 
-@contextmanager
-def stage(timings: dict, name: str):
-    """Time a stage into ``timings[name]`` (seconds, wall clock, device synchronised)."""
-    start = time.perf_counter()
-    log.info("stage %s ...", name)
-    try:
-        yield
-    except Interrupted as stop:  # the innermost stage names where the run was stopped
-        stop.stage = stop.stage or name
-        raise
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    timings[name] = time.perf_counter() - start
-    log.info("stage %s done in %.1f s", name, timings[name])
+@dataclass
+class Stages:
+    """Each stage's wall time (seconds, device synchronised) and peak memory (:func:`peak_memory`)."""
+
+    seconds: dict = field(default_factory=dict)
+    peak_mb: dict = field(default_factory=dict)
+
+    @contextmanager
+    def time(self, name: str):
+        start = time.perf_counter()
+        reset_peak_memory()
+        log.info("stage %s ...", name)
+        try:
+            yield
+        except Interrupted as stop:  # the innermost stage names where the run was stopped
+            stop.stage = stop.stage or name
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds[name] = time.perf_counter() - start
+        self.peak_mb[name] = peak_memory()
+        log.info("stage %s done in %.1f s (peak %s MiB)", name, self.seconds[name], self.peak_mb[name])
 
 
 def prepare(cfg: DictConfig) -> Prepared:
     checked = validate(cfg)
     nm, method, options = checked.nm, checked.method, checked.options
-    timings: dict = {}
+    stages = Stages()
     torch.manual_seed(cfg.seed)
-    with stage(timings, "load"):
+    with stages.time("load"):
         loaded = load_model(checked.model)
     data = checked.data
     if loaded.tokenizer is not None and data.seqlen > loaded.max_length:  # text models only
@@ -147,11 +155,11 @@ def prepare(cfg: DictConfig) -> Prepared:
     if nm is not None:
         for name, module in layers.items():
             check_nm_fits(weight_matrix(module).shape[1], nm, name)
-    with stage(timings, "data"):
+    with stages.time("data"):
         evaluate = evaluation.build(loaded, checked.eval, checked.model, data, cfg)
     windows = None
     if needs_calibration(cfg, checked):
-        with stage(timings, "calibration_data"):
+        with stages.time("calibration_data"):
             if loaded.input_shape is not None:  # image model: (images, labels), a fixed subset of its dataset's train split
                 from prunecli.data.vision import calibration_images
 
@@ -161,9 +169,9 @@ def prepare(cfg: DictConfig) -> Prepared:
                 windows = calibration_windows(loaded.tokenizer, documents, data.nsamples, data.seqlen, data.seed)
     plan = None
     if finetune.kind_of(cfg) != "none":
-        with stage(timings, "finetune_data"):
+        with stages.time("finetune_data"):
             plan = finetune.plan(loaded, cfg, checked.finetune, checked.schedule, data, windows)
-    return Prepared(cfg, checked, loaded, layers, evaluate, windows, timings, plan)
+    return Prepared(cfg, checked, loaded, layers, evaluate, windows, stages, plan)
 
 
 def needs_calibration(cfg: DictConfig, checked: Checked) -> bool:
@@ -175,12 +183,13 @@ def needs_calibration(cfg: DictConfig, checked: Checked) -> bool:
 
 def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict]]:
     """Run the timed stages; return the run record and the per-layer sparsity table."""
-    cfg, checked, loaded, timings = prepared.cfg, prepared.checked, prepared.loaded, prepared.timings
+    cfg, checked, loaded, stages = prepared.cfg, prepared.checked, prepared.loaded, prepared.stages
+    timings = stages.seconds
     method, analysis = checked.method, checked.analysis
     pruning = records.prunes(cfg)
     metrics: dict[str, Any] = {}
     if checked.eval.baseline and pruning:
-        with stage(timings, "eval_dense"):
+        with stages.time("eval_dense"):
             dense = scored(prepared.evaluate, loaded.model, "the unpruned model")
             metrics.update({f"{key}_dense": dense[key] for key in BASELINE_KEYS if key in dense})
     ctx = PruneContext(
@@ -192,9 +201,9 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     # the model before pruning, benchmarked beside the pruned one (speedups as ratios within this run)
     unpruned = copy.deepcopy(loaded.model) if benchmark.keeps_unpruned_copy(checked.benchmark) and pruning else None
     if analysis is not None:  # in place of pruning; the model stays as loaded
-        with stage(timings, "analysis"):
+        with stages.time("analysis"):
             metrics[analysis.name] = analysis.run(analyses.AnalysisContext(ctx, checked.analysis_options, prepared.evaluate, run_dir))
-    with stage(timings, "prune"):
+    with stages.time("prune"):
         if pruning:
             ctx.layer_sparsity = ALLOCATIONS.get(cfg.allocation)(ctx, cfg)
         if checked.oneshot and analysis is None and checked.update is not None:
@@ -204,7 +213,7 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     # A structured method replaced layers (or whole blocks): count what the model has now.
     layers = select_layers(loaded.model, cfg.targets, cfg.ignore) if method.reshapes else prepared.layers
     if prepared.finetune is not None:
-        with stage(timings, "finetune"):
+        with stages.time("finetune"):
             metrics.update(prepared.finetune.run(ctx, layers, prepared.evaluate, run_dir, keep_masks=pruning))
         metrics["finetune_s"] = timings["finetune"]
     summary, layer_rows = sparsity_summary(loaded.model, layers)
@@ -213,16 +222,16 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
         row.update(layer_errors.get(row["name"], {}))
     summary["params_removed"] = params_before - summary["params_total"]
     summary["params_removed_frac"] = summary["params_removed"] / params_before
-    with stage(timings, "eval"):
+    with stages.time("eval"):
         evaluated = "the pruned model" if pruning else f"the model (method={cfg.method.name}, not pruned)"
         metrics.update(scored(prepared.evaluate, loaded.model, evaluated))
     if "zeroshot" in metrics:
         write_csv(run_dir / "zeroshot.csv", zeroshot.table(metrics), zeroshot.TABLE_COLUMNS)
-    with stage(timings, "benchmark"):
+    with stages.time("benchmark"):
         metrics.update(BENCHMARKS.get(cfg.benchmark.name).run(BenchmarkContext(loaded, checked.benchmark, run_dir, layers, unpruned)))
     del unpruned
     if cfg.save_model:
-        with stage(timings, "save"):
+        with stages.time("save"):
             save_model(loaded, run_dir / "model")
     record = records.base_record(cfg, run_dir, overrides)
     record["calibration"].update(ctx.stats.pop("calibration", {}))  # settings + per-pass timings
@@ -233,7 +242,8 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
         eval_s=timings["eval"],
         total_s=sum(timings.values()),  # every stage, load included
         timings=timings,
-        peak_memory_mb=peak_memory_mb(loaded.device),
+        peak_memory_mb=peak_memory_mb(loaded.device, stages.peak_mb),
+        stage_peak_mb=stages.peak_mb,
         environment=environment(loaded.device),
     )
     return record | metrics | {"status": "completed"}, layer_rows

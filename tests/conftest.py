@@ -64,3 +64,17 @@ def finished_run(result, cwd):
     assert result.returncode == 0, result.stderr
     (run_dir,) = sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def composition_error(*overrides: str) -> str:
+    """The one line ``pipeline.validate`` refuses the composed run config with."""
+    from hydra import compose, initialize_config_dir
+
+    from prunecli.errors import PruneError
+    from prunecli.pipeline import validate
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=list(overrides))
+    with pytest.raises(PruneError) as err:
+        validate(cfg)
+    return str(err.value)

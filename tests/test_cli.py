@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, run_prune
+from tests.conftest import REPO, finished_run, run_prune
 
 TINY = ["model=tiny_llama", "benchmark.repeats=2", "benchmark.warmup=1", "benchmark.seqlen=16", "data.seqlen=32", "data.max_eval_tokens=256"]
 
@@ -190,3 +190,12 @@ def test_run_header_names_what_the_evaluation_scores(overrides, described):
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         assert eval_description(compose("run", overrides=overrides)).startswith(described)
+
+
+def test_every_stage_records_its_peak_memory_and_the_run_peak_is_their_maximum(tmp_path, corpus):
+    result = run_prune("run", *tiny_args(corpus), "method=wanda", cwd=tmp_path)
+    _, metrics = finished_run(result, tmp_path)
+    peaks = metrics["stage_peak_mb"]
+    assert set(peaks) == set(metrics["timings"]) >= {"load", "data", "calibration_data", "prune", "eval"}
+    assert all(stage["rss"] > 0 for stage in peaks.values())
+    assert metrics["peak_memory_mb"] == max(stage["rss"] for stage in peaks.values())

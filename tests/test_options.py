@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, MethodOptions
 from prunecli.options import Options, parse
-from tests.conftest import REPO, run_prune
+from tests.conftest import REPO, composition_error, run_prune
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,27 +108,16 @@ def test_every_eval_yaml_matches_its_evaluators_options():
 
 
 def test_data_and_eval_nodes_are_typed_at_composition():
-    from hydra import compose, initialize_config_dir
-
-    from prunecli.pipeline import validate
-
-    def error(*overrides):
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-            cfg = compose("run", overrides=list(overrides))
-        with pytest.raises(PruneError) as err:
-            validate(cfg)
-        return str(err.value)
-
-    assert error("data.seqlen=abc") == "data.seqlen must be an integer (got 'abc')"
-    assert error("data.seed=1.5") == "data.seed must be an integer (got 1.5)"
-    assert error("+data.nsample=8") == "unknown key data.nsample (did you mean data.nsamples?)"
-    assert error("data/calibration=text_file") == "data.calibration.path must be set: data.calibration.path=..."
-    assert error("data/calibration=text_file", "data.calibration.path=null") == "data source text_file needs a path: data.calibration.path=FILE"
-    assert error("data/eval=wikitext2", "+data.eval.splt=test") == "unknown key data.eval.splt (did you mean data.eval.split?)"
-    assert error("eval.perplexity.batch_size=0") == "eval.perplexity.batch_size must be a positive integer (got 0)"
-    assert error("+eval.perplexity.batchsize=2") == "unknown key eval.perplexity.batchsize (did you mean eval.perplexity.batch_size?)"
-    assert error("eval.baseline=maybe") == "eval.baseline must be true or false (got 'maybe')"
-    assert error("+eval.accuracyy={}") == "unknown key eval.accuracyy (its keys: baseline, accuracy, perplexity, zeroshot)"
+    assert composition_error("data.seqlen=abc") == "data.seqlen must be an integer (got 'abc')"
+    assert composition_error("data.seed=1.5") == "data.seed must be an integer (got 1.5)"
+    assert composition_error("+data.nsample=8") == "unknown key data.nsample (did you mean data.nsamples?)"
+    assert composition_error("data/calibration=text_file") == "data.calibration.path must be set: data.calibration.path=..."
+    assert composition_error("data/calibration=text_file", "data.calibration.path=null") == "data source text_file needs a path: data.calibration.path=FILE"
+    assert composition_error("data/eval=wikitext2", "+data.eval.splt=test") == "unknown key data.eval.splt (did you mean data.eval.split?)"
+    assert composition_error("eval.perplexity.batch_size=0") == "eval.perplexity.batch_size must be a positive integer (got 0)"
+    assert composition_error("+eval.perplexity.batchsize=2") == "unknown key eval.perplexity.batchsize (did you mean eval.perplexity.batch_size?)"
+    assert composition_error("eval.baseline=maybe") == "eval.baseline must be true or false (got 'maybe')"
+    assert composition_error("+eval.accuracyy={}") == "unknown key eval.accuracyy (its keys: baseline, accuracy, perplexity, zeroshot)"
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml")))
@@ -147,22 +136,11 @@ def test_every_model_yaml_parses_into_its_sources_typed_options(name):
 
 
 def test_model_node_errors_are_one_line_at_composition():
-    from hydra import compose, initialize_config_dir
-
-    from prunecli.pipeline import validate
-
-    def error(*overrides):
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-            cfg = compose("run", overrides=list(overrides))
-        with pytest.raises(PruneError) as err:
-            validate(cfg)
-        return str(err.value)
-
-    assert error("model=hf") == "model.name_or_path must be set: model.name_or_path=..."
-    assert error("model=tiny_llama", "model.seed=abc") == "model.seed must be an integer (got 'abc')"
-    assert error("model=tiny_llama", "+model.sed=1") == "unknown key model.sed (did you mean model.seed?)"
-    assert error("model.dtype=fp8") == "unknown model.dtype 'fp8' (choose from: fp32, fp16, bf16)"
-    assert error("model=small_cnn", "model.arch=alexnet", "eval=accuracy") == "unknown built-in CNN arch 'alexnet' (choose from: " \
+    assert composition_error("model=hf") == "model.name_or_path must be set: model.name_or_path=..."
+    assert composition_error("model=tiny_llama", "model.seed=abc") == "model.seed must be an integer (got 'abc')"
+    assert composition_error("model=tiny_llama", "+model.sed=1") == "unknown key model.sed (did you mean model.seed?)"
+    assert composition_error("model.dtype=fp8") == "unknown model.dtype 'fp8' (choose from: fp32, fp16, bf16)"
+    assert composition_error("model=small_cnn", "model.arch=alexnet", "eval=accuracy") == "unknown built-in CNN arch 'alexnet' (choose from: " \
         + ", ".join(__import__("prunecli.models.cnns", fromlist=["ARCHITECTURES"]).ARCHITECTURES) + ")"
 
 

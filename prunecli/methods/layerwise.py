@@ -93,13 +93,15 @@ def run_until_inputs_collected(batch: BlockBatch, block: nn.Module) -> None:
 
 @torch.inference_mode()
 def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumulator], prune_block: BlockPruner,
-                    desc: str, batch_size: int, measure_only: bool = False) -> None:
+                    desc: str, batch_size: int, measure_only: bool = False,
+                    before_block: Callable[[int, dict[str, nn.Module]], None] | None = None) -> None:
     """Walk the blocks of ``ctx.model``, pruning ``ctx.layers`` block by block (see module doc).
 
     ``measure_only``: ``prune_block`` only reads statistics (OWL's dense pass), so the
     statistics pass's outputs feed the next block directly. Otherwise the statistics pass
     stops as soon as every layer has its input, and the block is run again once pruned.
-    ``batch_size``: calibration windows per forward through a block.
+    ``batch_size``: calibration windows per forward through a block. ``before_block(index,
+    layers)``: called before a block's statistics pass (the update stage puts its dense weights back).
     """
     model, device = ctx.model, ctx.device
     prefix, blocks = blocks_of(model)
@@ -113,6 +115,8 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     for index, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
         began = time.perf_counter()
         outputs = None
+        if grouped[index] and before_block is not None:
+            before_block(index, grouped[index])
         if grouped[index] and measure_only:
             with collect_inputs(grouped[index], make_stats) as stats:
                 outputs = [batch.run(block) for batch in batches]

@@ -7,8 +7,9 @@ re-fitted to the *dense* layer's outputs on the calibration tokens:
     minimise  f(W') = tr((W' - W) H (W' - W)^T) = 2/n ||W X - W' X||^2   subject to  W' = 0 where the method zeroed W,
 
 with ``H = 2/n X^T X`` the SparseGPT Hessian of the layer's inputs. The method's masks are its
-own result, unchanged; then, on the layer-wise pipeline, block by block: the block's dense
-weights are put back, ``H`` is collected on them (inputs from the earlier blocks as already
+own result, unchanged (one copy of the dense target weights is kept aside while it runs); then,
+on the layer-wise pipeline, block by block: the block's dense weights are swapped back in (the
+method's weights of that block aside), ``H`` is collected on them (inputs from the earlier blocks as already
 re-fitted, as SparseGPT collects on the earlier blocks as pruned), every layer gets
 ``W' = refit(W, H, mask)``, and the block runs again with ``W'``. Recorded per layer in
 ``layers.csv``: the relative output error ``||W X - W' X|| / ||W X|| = sqrt(f / tr(W H W^T))``
@@ -86,11 +87,13 @@ def prune_and_refit(ctx: PruneContext, method: Method, update: Update, options: 
     weights = {name: weight_matrix(module) for name, module in ctx.layers.items()}
     dense = {name: weight.clone() for name, weight in weights.items()}
     method.prune(ctx)
-    pruned = {}
-    for name, weight in weights.items():  # the method's result aside, the dense weights back in the model
-        pruned[name] = weight.clone()
-        weight.copy_(dense[name])
+    pruned: dict[str, torch.Tensor] = {}
     errors: dict[str, dict] = {}
+
+    def swap_in_dense(index, layers) -> None:  # this block's method weights aside, its dense weights back
+        for name in layers:
+            pruned[name] = weights[name].clone()
+            weights[name].copy_(dense[name])
 
     def refit_block(index, layers, stats) -> None:
         for name in layers:
@@ -99,6 +102,6 @@ def prune_and_refit(ctx: PruneContext, method: Method, update: Update, options: 
             weights[name].copy_(updated.to(W.dtype))
             errors[name] = {"error_before": relative_error(W, before, H), "error_after": relative_error(W, updated, H)} | figures
 
-    prune_layerwise(ctx, Hessian, refit_block, f"update={update.name}", calibration_batch_size(ctx.options))
+    prune_layerwise(ctx, Hessian, refit_block, f"update={update.name}", calibration_batch_size(ctx.options), before_block=swap_in_dense)
     ctx.stats["layer_errors"] = errors
     ctx.stats[update.name] = update.summary(errors, options)  # as method=admm records its own
