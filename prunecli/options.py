@@ -39,6 +39,11 @@ class Options:
         """Raise :class:`PruneError` naming ``<prefix>.<key>`` for a value the type allows but the rule does not."""
 
 
+def choice_of(cfg: Any, group: str, default: str = "none") -> str:
+    """The option a config group is set to (its node's ``name``), ``default`` where the run has no such node."""
+    return (cfg.get(group) or {}).get("name", default)
+
+
 def node_values(node: Any, prefix: str) -> dict:
     """A config node (or mapping) as a plain dict, interpolations resolved; a mandatory value left
     unset (``???``) is one line naming it."""

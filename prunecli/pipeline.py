@@ -75,7 +75,8 @@ def validate(cfg: DictConfig) -> Checked:
     model = parse_model(cfg.model)
     data = parse_data(cfg.data)
     evals = evaluation.parse_eval(cfg.eval)
-    options = METHODS.get(cfg.method.name).parse(cfg.method)
+    method = METHODS.get(cfg.method.name)
+    options = method.parse(cfg.method)
     ALLOCATIONS.get(cfg.allocation)
     bench = benchmark.check_settings(cfg.benchmark)
     check_tracker(cfg.logger.name)
@@ -94,10 +95,10 @@ def validate(cfg: DictConfig) -> Checked:
     update = updates.selected(cfg)
     update_options = None
     if update is not None:
-        update_options = update.parse(cfg["update"], METHODS.get(cfg.method.name))
+        update_options = update.parse(cfg["update"], method)
         if analysis is not None or not oneshot:
             raise PruneError(f"update={update.name} re-fits the weights of a one-shot pruning: use schedule=oneshot analysis=none")
-    return Checked(nm, model, data, evals, METHODS.get(cfg.method.name), options, analysis, analysis_options, update, update_options, bench, tuning, schedule)
+    return Checked(nm, model, data, evals, method, options, analysis, analysis_options, update, update_options, bench, tuning, schedule)
 
 
 @dataclass

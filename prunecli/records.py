@@ -18,6 +18,7 @@ from prunecli import console, finetune, schedules
 from prunecli import evaluate as evaluation
 from prunecli.evaluate import zeroshot
 from prunecli.methods import METHODS
+from prunecli.options import choice_of
 from prunecli.outputs import write_csv, write_json
 
 # (column, where it is shown besides results.csv: "summary" = the console after a run, "report" = prune report's default)
@@ -61,11 +62,6 @@ def prunes(cfg: DictConfig) -> bool:
     return METHODS.get(cfg.method.name).prunes and analyses.selected(cfg) is None
 
 
-def update_of(cfg: DictConfig) -> str:
-    """The run's weight update (``update=<name>``), ``none`` if it has none."""
-    return (cfg.get("update") or {}).get("name", "none")
-
-
 def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """The identifying fields every run record has, completed or failed."""
     return {
@@ -74,10 +70,10 @@ def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         "model": cfg.model.name,
         "method": cfg.method.name,
         "finetune": finetune.kind_of(cfg),
-        "schedule": (cfg.get("schedule") or {}).get("name", "oneshot"),
+        "schedule": choice_of(cfg, "schedule", "oneshot"),
         "pattern": cfg.get("pattern") or "unstructured",
-        "analysis": (cfg.get("analysis") or {}).get("name", "none"),
-        "update": update_of(cfg),
+        "analysis": choice_of(cfg, "analysis"),
+        "update": choice_of(cfg, "update"),
         "sparsity_target": cfg.sparsity if prunes(cfg) else 0.0,
         "run_dir": str(run_dir),
         "overrides": list(overrides),
@@ -115,7 +111,7 @@ def header_rows(cfg: DictConfig, schedule: schedules.ScheduleOptions) -> list[tu
     return [
         ("model", f"{cfg.model.name} ({cfg.model.dtype}, device={cfg.model.device})"),
         ("method", f"{cfg.method.name}  sparsity={cfg.sparsity}  pattern={cfg.get('pattern') or 'unstructured'}  allocation={cfg.allocation}"
-                   + (f"  update={update_of(cfg)}" if update_of(cfg) != "none" else "")),
+                   + (f"  update={choice_of(cfg, 'update')}" if choice_of(cfg, "update") != "none" else "")),
     ] + ([("analysis", f"{cfg.analysis.name} (the model stays unpruned)")] if analyses.selected(cfg) is not None else []) + [
         ("targets", f"{cfg.targets}  ignore={list(cfg.ignore or [])}"),
         ("calibration", f"{data_source(cfg, 'calibration')}  nsamples={data.nsamples}"

@@ -41,6 +41,10 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r} (choose from: {', '.join(self.names())})"
             ) from None
 
+    def chosen(self, name: str) -> T | None:
+        """The entry of an optional stage's group (``analysis``, ``update``): None for ``none``."""
+        return None if name == "none" else self.get(name)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.targets import weight_matrix
-from prunecli.options import Options, at_least, parse
+from prunecli.options import Options, at_least, choice_of, parse
 from prunecli.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def validate(cfg: Any) -> ScheduleOptions:
     name = options.name
     if name == "oneshot":
         return options
-    finetune = (cfg.get("finetune") or {}).get("name", "none")
+    finetune = choice_of(cfg, "finetune")
     if finetune == "none":
         raise PruneError(f"schedule={name} prunes during fine-tuning: choose a fine-tune (finetune=lm, lora or classifier)")
     if METHODS.get(cfg.method.name).reprune is None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from prunecli.errors import PruneError
 from prunecli.methods import PruneContext
-from prunecli.options import Options, parse
+from prunecli.options import Options, choice_of, parse
 from prunecli.registry import Registry
 
 
@@ -67,8 +67,7 @@ def register(analysis: Analysis) -> Analysis:
 
 def selected(cfg: Any) -> Analysis | None:
     """The run's analysis, or None for ``analysis=none`` (a plain run)."""
-    name = (cfg.get("analysis") or {}).get("name", "none")
-    return None if name == "none" else ANALYSES.get(name)
+    return ANALYSES.chosen(choice_of(cfg, "analysis"))
 
 
 from prunecli.analysis import sensitivity  # noqa: E402,F401  (registers itself)

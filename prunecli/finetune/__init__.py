@@ -22,7 +22,7 @@ from prunecli.errors import PruneError, RunFailedError
 from prunecli.finetune.loop import TrainTask, Trainer
 from prunecli.finetune.masks import MaskKeeper
 from prunecli.finetune.options import OPTIONS, FinetuneOptions, TrainOptions
-from prunecli.options import parse
+from prunecli.options import choice_of, parse
 from prunecli.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ BEFORE_KEYS = ("ppl", "accuracy", "f1")  # evaluator figures recorded as <key>_b
 
 
 def kind_of(cfg: Any) -> str:
-    return (cfg.get("finetune") or {"name": "none"}).get("name", "none")
+    return choice_of(cfg, "finetune")
 
 
 def validate(cfg: Any) -> FinetuneOptions:

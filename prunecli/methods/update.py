@@ -32,7 +32,7 @@ from prunecli.methods import METHODS, Method, PruneContext, calibration_batch_si
 from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.statistics import Hessian
 from prunecli.methods.targets import weight_matrix
-from prunecli.options import Options, parse
+from prunecli.options import Options, choice_of, parse
 from prunecli.registry import Registry
 
 
@@ -77,8 +77,7 @@ def register_update(update: Update) -> Update:
 
 def selected(cfg: Any) -> Update | None:
     """The run's update, or None for ``update=none`` (the method's weights as they are)."""
-    name = (cfg.get("update") or {}).get("name", "none")
-    return None if name == "none" else UPDATES.get(name)
+    return UPDATES.chosen(choice_of(cfg, "update"))
 
 
 @torch.no_grad()
