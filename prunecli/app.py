@@ -150,7 +150,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
             return None
         sys.exit(1)
     records.write_run(run_dir, metrics, layers)
-    track(cfg, run_dir, metrics)
+    track(prepared.checked.logger, cfg, run_dir, metrics)
     console.console.print(console.table("results", records.result_table_rows(metrics)))
     if "zeroshot" in metrics:
         rows = records.zeroshot_table_rows(metrics)

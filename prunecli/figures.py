@@ -13,6 +13,7 @@ import pandas as pd
 from prunecli import console
 from prunecli.errors import PruneError
 from prunecli.outputs import save_figure, write_atomic
+from prunecli.records import SETTING_COLUMNS
 
 SOURCE = "_source"  # the report's internal column: the folder a row's results.csv was read from
 LATENCY_BARS = ["backend", "phase", "median_ms"]
@@ -39,11 +40,18 @@ def stage_of(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].astype(object).fillna("none") if column in frame else pd.Series("none", index=frame.index)
 
 
+def varying_settings(frame: pd.DataFrame) -> list[str]:
+    """The :data:`~prunecli.records.SETTING_COLUMNS` in which these runs differ (missing counts as a value)."""
+    return [column for column in SETTING_COLUMNS if column in frame and frame[column].astype(object).fillna("").nunique() > 1]
+
+
 def line_keys(frame: pd.DataFrame) -> list[str]:
     """What tells runs apart in a figure: method and pattern, led by the model when there are several,
-    followed by the weight update when some run used one."""
+    followed by the weight update when some run used one and every setting the runs differ in
+    (runs measured on different data or budgets are different lines, never one mean)."""
     refits = stage_of(frame, "update").ne("none").any()
-    return (["model"] if frame["model"].nunique() > 1 else []) + ["method", "pattern"] + (["update"] if refits else [])
+    return ((["model"] if frame["model"].nunique() > 1 else []) + ["method", "pattern"] + (["update"] if refits else [])
+            + varying_settings(frame))
 
 
 def plot_ppl(frame: pd.DataFrame, folder: Path) -> list[Path]:
@@ -51,6 +59,7 @@ def plot_ppl(frame: pd.DataFrame, folder: Path) -> list[Path]:
     keys = line_keys(frame)
     completed = frame[frame["status"] == "completed"].dropna(subset=["ppl"])
     completed = completed.assign(update=stage_of(completed, "update"))
+    completed = completed.assign(**{column: completed[column].astype(object).fillna("") for column in varying_settings(completed)})
     data = completed.groupby([*keys, "sparsity_target"], as_index=False)["ppl"].mean()
     if data.empty:
         console.console.print("no completed run with a perplexity: ppl_vs_sparsity.png not drawn")

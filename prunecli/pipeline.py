@@ -35,7 +35,7 @@ from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models import LoadedModel, ModelOptions, load_model, parse_model
 from prunecli.outputs import write_csv
 from prunecli.sparsity import sparsity_summary
-from prunecli.tracking import check_available as check_tracker
+from prunecli.tracking import LoggerOptions, parse_logger
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Checked:
     benchmark: benchmark.BenchmarkOptions
     finetune: Any  # the fine-tune's FinetuneOptions
     schedule: schedules.ScheduleOptions
+    logger: LoggerOptions
 
     @property
     def oneshot(self) -> bool:
@@ -79,7 +80,7 @@ def validate(cfg: DictConfig) -> Checked:
     options = method.parse(cfg.method)
     ALLOCATIONS.get(cfg.allocation)
     bench = benchmark.check_settings(cfg.benchmark)
-    check_tracker(cfg.logger.name)
+    logger = parse_logger(cfg.get("logger"))
     nm = parse_pattern(cfg.get("pattern"), float(sparsity))
     if nm is not None and cfg.allocation != "uniform":
         raise PruneError(f"allocation={cfg.allocation} gives blocks different sparsities, which an N:M pattern cannot; use allocation=uniform")
@@ -98,7 +99,7 @@ def validate(cfg: DictConfig) -> Checked:
         update_options = update.parse(cfg["update"], method)
         if analysis is not None or not oneshot:
             raise PruneError(f"update={update.name} re-fits the weights of a one-shot pruning: use schedule=oneshot analysis=none")
-    return Checked(nm, model, data, evals, method, options, analysis, analysis_options, update, update_options, bench, tuning, schedule)
+    return Checked(nm, model, data, evals, method, options, analysis, analysis_options, update, update_options, bench, tuning, schedule, logger)
 
 
 @dataclass

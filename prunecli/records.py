@@ -26,6 +26,9 @@ RESULTS: list[tuple[str, tuple[str, ...]]] = [
     ("run_id", ()), ("status", ()), ("model", ("summary", "report")), ("method", ("summary", "report")),
     ("pattern", ("summary", "report")), ("sparsity_target", ("summary", "report")), ("sparsity_actual", ("summary", "report")),
     ("update", ("summary", "report")), ("finetune", ()), ("schedule", ()), ("analysis", ()),
+    # what the figures were measured on: runs that differ in one are never averaged together (report, plots)
+    ("eval_source", ()), ("eval_tokens", ()), ("max_eval_tokens", ()), ("calibration_source", ()), ("calibration_nsamples", ()),
+    ("calibration_seqlen", ()), ("calibration_seed", ()), ("benchmark", ()),
     ("criterion", ()), ("gqa", ()), ("bias_compensation", ()),  # structured methods (empty for the others)
     ("sparsity_all_params", ("summary",)), ("params_total", ("summary",)), ("params_nonzero", ("summary",)),
     ("params_removed", ("summary",)), ("params_removed_frac", ("summary",)),
@@ -41,6 +44,9 @@ RESULTS: list[tuple[str, tuple[str, ...]]] = [
     ("error", ()), ("run_dir", ()),
 ]
 RESULT_COLUMNS = [column for column, _ in RESULTS]
+# Columns that say on what a figure was measured (eval_tokens: what the evaluator really scored).
+SETTING_COLUMNS = ["eval_source", "eval_tokens", "max_eval_tokens", "calibration_source", "calibration_nsamples",
+                   "calibration_seqlen", "calibration_seed", "benchmark"]
 SUMMARY_COLUMNS = [column for column, shown in RESULTS if "summary" in shown]
 REPORT_COLUMNS = [column for column, shown in RESULTS if "report" in shown]
 
@@ -79,13 +85,18 @@ def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         "overrides": list(overrides),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "calibration": {"source": data_source(cfg, "calibration"), "nsamples": cfg.data.nsamples, "seqlen": cfg.data.seqlen, "seed": cfg.data.seed},
+        "eval_source": data_source(cfg, "eval"), "max_eval_tokens": cfg.data.max_eval_tokens,
+        "calibration_source": data_source(cfg, "calibration"), "calibration_nsamples": cfg.data.nsamples,
+        "calibration_seqlen": cfg.data.seqlen, "calibration_seed": cfg.data.seed, "benchmark": choice_of(cfg, "benchmark"),
     }
 
 
 def data_source(cfg: DictConfig, role: str) -> str:
-    """The calibration / eval source: an image model's ``model.dataset``, else ``data.<role>``."""
+    """The calibration / eval source: an image model's ``model.dataset``, else ``data.<role>`` (a file: ``text_file:<path>``)."""
     dataset = cfg.model.get("dataset")
-    return str(dataset.source) if dataset is not None and cfg.model.get("input_shape") else str(cfg.data[role].source)
+    node = dataset if dataset is not None and cfg.model.get("input_shape") else cfg.data[role]
+    path = node.get("path")
+    return f"{node.source}:{path}" if path else str(node.source)
 
 
 def eval_description(cfg: DictConfig) -> str:

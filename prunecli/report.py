@@ -17,7 +17,7 @@ import pandas as pd
 
 from prunecli import console
 from prunecli.errors import PruneError
-from prunecli.figures import SOURCE, require_matplotlib, stage_of, write_plots
+from prunecli.figures import SOURCE, require_matplotlib, stage_of, varying_settings, write_plots
 from prunecli.outputs import write_atomic
 from prunecli.records import REPORT_COLUMNS
 
@@ -84,9 +84,11 @@ def data_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def default_columns(frame: pd.DataFrame) -> list[str]:
-    """:data:`REPORT_COLUMNS` the runs have; a stage column (``update``) only where some run used one."""
-    return [column for column in REPORT_COLUMNS
-            if column in frame and not (column in OPTIONAL_STAGES and stage_of(frame, column).eq("none").all())]
+    """:data:`REPORT_COLUMNS` the runs have (a stage column such as ``update`` only where some run used
+    one), then every setting the runs differ in (eval data and budget, calibration, benchmark)."""
+    shown = [column for column in REPORT_COLUMNS
+             if column in frame and not (column in OPTIONAL_STAGES and stage_of(frame, column).eq("none").all())]
+    return shown + [column for column in varying_settings(frame) if column not in shown]
 
 
 def check_columns(frame: pd.DataFrame, names: list[str], option: str) -> None:
@@ -164,12 +166,25 @@ def parse_pivot(spec: str, frame: pd.DataFrame) -> dict[str, list[str]]:
     return parts
 
 
+def check_comparable(frame: pd.DataFrame, keys: list[str]) -> None:
+    """Refuse to average, in one cell of ``keys``, runs measured on different settings (naming them)."""
+    for column in varying_settings(frame):
+        if column in keys:
+            continue
+        mixed = frame.assign(**{column: frame[column].astype(object).fillna("")}).groupby(keys)[column].nunique()
+        if (mixed > 1).any():
+            values = sorted(map(str, frame[column].astype(object).fillna("").unique()))
+            raise PruneError(f"--pivot would average runs with different {column} ({', '.join(values)}) in one cell: "
+                             f"add it to rows= or cols=, or keep one with --where {column}=...")
+
+
 def pivot_table(frame: pd.DataFrame, parts: dict[str, list[str]]) -> pd.DataFrame | None:
     """Mean of the values column per rows x cols cell over the completed runs, with flat column names."""
     completed = frame[frame["status"] == "completed"]
     if completed.empty:
         return None
     options = dict(index=parts["rows"], columns=parts["cols"] or None, values=parts["values"][0])
+    check_comparable(completed, parts["rows"] + parts["cols"])
     shared = int((completed.pivot_table(**options, aggfunc="count") > 1).to_numpy().sum())
     if shared:
         console.console.print(f"note: {shared} pivot cell(s) hold several runs; their mean is shown")

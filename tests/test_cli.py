@@ -1,5 +1,6 @@
 """The `prune` command: bad input gives one line and a non-zero exit, sweeps and reports work."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -199,3 +200,13 @@ def test_every_stage_records_its_peak_memory_and_the_run_peak_is_their_maximum(t
     assert set(peaks) == set(metrics["timings"]) >= {"load", "data", "calibration_data", "prune", "eval"}
     assert all(stage["rss"] > 0 for stage in peaks.values())
     assert metrics["peak_memory_mb"] == max(stage["rss"] for stage in peaks.values())
+
+
+def test_results_say_on_what_the_figures_were_measured(tmp_path, corpus):
+    result = run_prune("run", *tiny_args(corpus), "method=wanda", "data.max_eval_tokens=64", cwd=tmp_path)
+    run_dir, metrics = finished_run(result, tmp_path)
+    row = next(csv.DictReader((run_dir / "results.csv").open()))
+    assert row["eval_source"] == row["calibration_source"] == f"text_file:{corpus}"
+    assert (row["max_eval_tokens"], row["eval_tokens"]) == ("64", str(metrics["eval_tokens"]))
+    assert (row["calibration_nsamples"], row["calibration_seqlen"], row["calibration_seed"]) == ("64", "32", "0")
+    assert row["benchmark"] == "quick"

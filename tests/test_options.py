@@ -144,6 +144,17 @@ def test_model_node_errors_are_one_line_at_composition():
         + ", ".join(__import__("prunecli.models.cnns", fromlist=["ARCHITECTURES"]).ARCHITECTURES) + ")"
 
 
+def test_every_logger_yaml_matches_its_options_and_bad_keys_are_refused():
+    from prunecli.tracking import TRACKERS
+
+    for name in TRACKERS.names():
+        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "logger" / f"{name}.yaml"))
+        tracker = TRACKERS.get(name)
+        assert parse(tracker.options, node, "logger") == tracker.options(name=name)
+        assert set(node) == {f.name for f in dataclasses.fields(tracker.options)}
+    assert composition_error("logger=tensorboard", "+logger.logdir=x") == "unknown key logger.logdir (did you mean logger.log_dir?)"
+
+
 def test_every_update_yaml_matches_its_options():
     from prunecli.methods.update import UPDATES
 

@@ -250,6 +250,23 @@ def test_a_weight_update_is_its_own_column_and_its_own_line_never_averaged_in(tm
     assert sorted(ppl["ppl"]) == [90.0, 180.0]  # two lines, not their mean
 
 
+def test_runs_differing_only_in_the_eval_budget_are_two_groups_never_one_mean(tmp_path):
+    pytest.importorskip("matplotlib")
+    make_run(tmp_path, "short", max_eval_tokens=4096, eval_tokens=4096, ppl=447.9)
+    make_run(tmp_path, "long", max_eval_tokens=16384, eval_tokens=16384, ppl=412.2)
+    report.main([str(tmp_path)], plot=True)
+    table = (tmp_path / "report.md").read_text()
+    assert "| eval_tokens | max_eval_tokens |" in table.splitlines()[0] + "|"  # the differing settings are shown
+    assert "| 447.9 |  | 1.5 | 0.1 | 0.2 | 4,096 | 4,096 |" in table and "| 412.2 |  | 1.5 | 0.1 | 0.2 | 16,384 | 16,384 |" in table
+    ppl = pd.read_csv(tmp_path / "plots" / "ppl_vs_sparsity.csv")
+    assert sorted(ppl["ppl"]) == [412.2, 447.9]  # two lines (keys: eval_tokens, max_eval_tokens), not 430.05
+    assert {"eval_tokens", "max_eval_tokens"} <= set(ppl.columns)
+    with pytest.raises(PruneError, match=r"--pivot would average runs with different eval_tokens \(16384, 4096\) in one cell"):
+        report.main([str(tmp_path)], pivot="rows=method,values=ppl")
+    report.main([str(tmp_path)], pivot="rows=method+max_eval_tokens+eval_tokens,values=ppl")  # separated: accepted
+    assert "| magnitude | 4,096 | 4,096 | 447.9 |" in (tmp_path / "pivot.md").read_text()
+
+
 def test_plot_without_latency_draws_only_ppl(tmp_path):
     pytest.importorskip("matplotlib")
     grid(tmp_path)

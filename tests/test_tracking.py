@@ -8,11 +8,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from prunecli.errors import PruneError
-from prunecli.tracking import check_available, flat_params, track
+from prunecli.tracking import check_available, flat_params, parse_logger, track
 
 
 def test_default_logger_needs_nothing(tmp_path):
-    track(OmegaConf.create({"logger": {"name": "none"}}), tmp_path, {"ppl": 1.0})
+    track(parse_logger(OmegaConf.create({"name": "none"})), OmegaConf.create({}), tmp_path, {"ppl": 1.0})
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
@@ -52,7 +52,7 @@ def test_mlflow_gets_flat_params_and_numeric_metrics(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake.__spec__ if name == "mlflow" else real(name, *a))
     cfg = OmegaConf.create({"method": {"name": "wanda"}, "sparsity": 0.5, "logger": {"name": "mlflow", "tracking_uri": "file:x", "experiment": "e"}})
-    track(cfg, Path(tmp_path / "run1"), {"ppl": 12.5, "status": "completed", "params_total": 10, "ok": True, "run_id": "abc"})
+    track(parse_logger(cfg.logger), cfg, Path(tmp_path / "run1"), {"ppl": 12.5, "status": "completed", "params_total": 10, "ok": True, "run_id": "abc"})
     assert calls["uri"] == "file:x" and calls["experiment"] == "e" and calls["run_name"] == "run1"
     assert calls["params"] == {"method.name": "wanda", "sparsity": "0.5", "logger.name": "mlflow", "logger.tracking_uri": "file:x",
                                "logger.experiment": "e"}
@@ -82,7 +82,7 @@ def test_tensorboard_writes_the_run_as_hparams_under_its_own_folder(monkeypatch,
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake.__spec__ if name == "tensorboard" else real(name, *a))
     cfg = OmegaConf.create({"method": {"name": "magnitude"}, "logger": {"name": "tensorboard", "log_dir": str(tmp_path / "tb")}})
-    track(cfg, tmp_path / "run7", {"ppl": 3.0, "status": "completed", "sparsity_actual": 0.5})
+    track(parse_logger(cfg.logger), cfg, tmp_path / "run7", {"ppl": 3.0, "status": "completed", "sparsity_actual": 0.5})
     assert calls["log_dir"] == str(tmp_path / "tb" / "run7") and calls["closed"]
     assert calls["hparams"] == ({"method.name": "magnitude", "logger.name": "tensorboard", "logger.log_dir": str(tmp_path / "tb")},
                                 {"ppl": 3.0, "sparsity_actual": 0.5}, ".")
