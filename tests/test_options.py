@@ -155,6 +155,17 @@ def test_every_logger_yaml_matches_its_options_and_bad_keys_are_refused():
     assert composition_error("logger=tensorboard", "+logger.logdir=x") == "unknown key logger.logdir (did you mean logger.log_dir?)"
 
 
+@pytest.mark.parametrize("preset", ["structured", "sparsity_paradox", "method_comparison"])
+def test_a_presets_timing_settings_do_not_stop_benchmark_none(preset):
+    from hydra import compose, initialize_config_dir
+
+    from prunecli.pipeline import validate
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=[f"+experiment={preset}", "benchmark=none"])
+    assert "seqlen" in cfg.benchmark and validate(cfg).benchmark.name == "none"
+
+
 def test_every_update_yaml_matches_its_options():
     from prunecli.methods.update import UPDATES
 

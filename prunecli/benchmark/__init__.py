@@ -124,10 +124,14 @@ def register(benchmark: Benchmark) -> Benchmark:
 
 def check_settings(settings: Any) -> BenchmarkOptions:
     """The ``benchmark`` config node as its benchmark's typed options (unknown names, keys and
-    impossible counts refused, before loading)."""
+    impossible counts refused, before loading). ``benchmark=none`` times nothing, so the timing
+    settings an experiment preset gives the other benchmarks are left aside rather than refused."""
     if isinstance(settings, BenchmarkOptions):
         return settings
-    return parse(BENCHMARKS.get(settings.get("name", "none")).options, settings, "benchmark")
+    name = settings.get("name", "none")
+    if name == "none":
+        return BenchmarkOptions(name="none")
+    return parse(BENCHMARKS.get(name).options, settings, "benchmark")
 
 
 @dataclass
