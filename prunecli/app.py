@@ -90,6 +90,7 @@ def run(cfg: DictConfig) -> float | None:
     overrides = list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     label = f"job {hydra_cfg.job.num} ({' '.join(overrides) or 'defaults'})" if multirun else "run"
+    logging.captureWarnings(True)  # Python warnings go through logging: into prune.log as well as the console
     with raise_on_signals():
         try:
             return run_job(cfg, run_dir, overrides, multirun, label)
@@ -137,7 +138,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
     else:
         failure = None
     if prepared is not None:
-        console.console.print(console.table("prune run", records.header_rows(cfg, prepared.checked.schedule)))
+        console.console.print(console.table("prune run", records.header_rows(cfg, prepared.checked.schedule, prepared.calibration is not None)))
         try:
             metrics, layers = pipeline.execute(prepared, run_dir, overrides)
         except Exception as err:  # any failure of a started run is recorded, not lost
@@ -151,7 +152,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
         sys.exit(1)
     records.write_run(run_dir, metrics, layers)
     track(prepared.checked.logger, cfg, run_dir, metrics)
-    console.console.print(console.table("results", records.result_table_rows(metrics)))
+    results = records.result_table_rows(metrics)
+    console.console.print(console.table("results", results))
+    log.info("results: %s", "  ".join(f"{key}={value}" for key, value in results))  # prune.log holds them too
     if "zeroshot" in metrics:
         rows = records.zeroshot_table_rows(metrics)
         console.console.print(console.table("zero-shot accuracy (lm-evaluation-harness)", rows, list(rows[0])))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import NoReturn
 
@@ -16,6 +17,9 @@ errors = Console(stderr=True)
 
 
 def format_value(value) -> str:
+    """A figure as shown: floats to 4 significant digits, a missing one (NaN) empty as in report.md."""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.4e}"
     if isinstance(value, int):

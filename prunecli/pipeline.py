@@ -229,8 +229,9 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
         metrics.update(scored(prepared.evaluate, loaded.model, evaluated))
     if "zeroshot" in metrics:
         write_csv(run_dir / "zeroshot.csv", zeroshot.table(metrics), zeroshot.TABLE_COLUMNS)
-    with stages.time("benchmark"):
-        metrics.update(BENCHMARKS.get(cfg.benchmark.name).run(BenchmarkContext(loaded, checked.benchmark, run_dir, layers, unpruned)))
+    if checked.benchmark.name != "none":
+        with stages.time("benchmark"):
+            metrics.update(BENCHMARKS.get(checked.benchmark.name).run(BenchmarkContext(loaded, checked.benchmark, run_dir, layers, unpruned)))
     del unpruned
     if cfg.save_model:
         with stages.time("save"):

@@ -116,20 +116,25 @@ def eval_description(cfg: DictConfig) -> str:
     return "; ".join(parts) or "none"
 
 
-def header_rows(cfg: DictConfig, schedule: schedules.ScheduleOptions) -> list[tuple[str, str]]:
-    """The resolved key settings (``schedule``: the run's, typed), shown before the run starts."""
-    data = cfg.data
-    return [
+def header_rows(cfg: DictConfig, schedule: schedules.ScheduleOptions, calibrated: bool) -> list[tuple[str, str]]:
+    """The resolved key settings (``schedule``: the run's, typed), shown before the run starts; the
+    calibration line only for a run that draws calibration data (``calibrated``)."""
+    data, update = cfg.data, choice_of(cfg, "update")
+    rows = [
         ("model", f"{cfg.model.name} ({cfg.model.dtype}, device={cfg.model.device})"),
         ("method", f"{cfg.method.name}  sparsity={cfg.sparsity}  pattern={cfg.get('pattern') or 'unstructured'}  allocation={cfg.allocation}"
-                   + (f"  update={choice_of(cfg, 'update')}" if choice_of(cfg, "update") != "none" else "")),
-    ] + ([("analysis", f"{cfg.analysis.name} (the model stays unpruned)")] if analyses.selected(cfg) is not None else []) + [
-        ("targets", f"{cfg.targets}  ignore={list(cfg.ignore or [])}"),
-        ("calibration", f"{data_source(cfg, 'calibration')}  nsamples={data.nsamples}"
-                        + (f" seqlen={data.seqlen}" if not cfg.model.get("input_shape") else "") + f" seed={data.seed}"),
-        ("eval", eval_description(cfg)),
-        ("benchmark", cfg.benchmark.name),
-    ] + ([("finetune", f"{finetune.kind_of(cfg)}  schedule={schedules.describe(schedule, cfg.sparsity)}")] if finetune.kind_of(cfg) != "none" else [])
+                   + (f"  update={update}" if update != "none" else "")),
+    ]
+    if analyses.selected(cfg) is not None:
+        rows.append(("analysis", f"{cfg.analysis.name} (the model stays unpruned)"))
+    rows.append(("targets", f"{cfg.targets}  ignore={list(cfg.ignore or [])}"))
+    if calibrated:
+        seqlen = f" seqlen={data.seqlen}" if not cfg.model.get("input_shape") else ""
+        rows.append(("calibration", f"{data_source(cfg, 'calibration')}  nsamples={data.nsamples}{seqlen} seed={data.seed}"))
+    rows += [("eval", eval_description(cfg)), ("benchmark", cfg.benchmark.name)]
+    if finetune.kind_of(cfg) != "none":
+        rows.append(("finetune", f"{finetune.kind_of(cfg)}  schedule={schedules.describe(schedule, cfg.sparsity)}"))
+    return rows
 
 
 def zeroshot_table_rows(metrics: dict) -> list[dict]:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, finished_run, run_prune
+from tests.conftest import REPO, finished_run, run_prune, tiny_cli_args
 
 TINY = ["model=tiny_llama", "benchmark.repeats=2", "benchmark.warmup=1", "benchmark.seqlen=16", "data.seqlen=32", "data.max_eval_tokens=256"]
 
@@ -210,3 +210,17 @@ def test_results_say_on_what_the_figures_were_measured(tmp_path, corpus):
     assert (row["max_eval_tokens"], row["eval_tokens"]) == ("64", str(metrics["eval_tokens"]))
     assert (row["calibration_nsamples"], row["calibration_seqlen"], row["calibration_seed"]) == ("64", "32", "0")
     assert row["benchmark"] == "quick"
+
+
+def test_console_and_log_say_only_what_the_run_did(tmp_path, corpus):
+    from prunecli.console import format_value
+
+    result = run_prune("run", *tiny_cli_args(corpus), "method=magnitude", cwd=tmp_path)
+    run_dir, metrics = finished_run(result, tmp_path)
+    assert "calibration" not in result.stdout.split("results")[0]  # magnitude draws no calibration data
+    log = (run_dir / "prune.log").read_text()
+    assert "stage benchmark" not in log and "benchmark" not in metrics["timings"]  # benchmark=none: no stage
+    assert f"ppl={format_value(metrics['ppl'])}" in log  # the results table is in prune.log too
+    assert format_value(float("nan")) == ""  # a missing figure is blank, as in report.md
+    wanda = run_prune("run", *tiny_cli_args(corpus), "method=wanda", cwd=tmp_path)
+    assert "nsamples=4" in wanda.stdout.split("results")[0]
