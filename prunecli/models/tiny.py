@@ -30,12 +30,16 @@ def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(str(minilm_folder()))
 
 
+def require_arch(arch: str) -> None:
+    if arch not in ARCHITECTURES:
+        raise PruneError(f"unknown tiny model arch {arch!r} (choose from: {', '.join(ARCHITECTURES)})")
+
+
 def build_tiny(arch: str, config: dict, seed: int = 0):
     """Instantiate ``arch`` with ``config`` and weights drawn under ``seed``."""
     import transformers
 
-    if arch not in ARCHITECTURES:
-        raise PruneError(f"unknown tiny model arch {arch!r} (choose from: {', '.join(ARCHITECTURES)})")
+    require_arch(arch)
     config_name, model_name, task = ARCHITECTURES[arch]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -51,8 +55,7 @@ class TinyModelOptions(TextModelOptions):
 
     def check(self, prefix: str) -> None:
         super().check(prefix)
-        if self.arch not in ARCHITECTURES:
-            raise PruneError(f"unknown tiny model arch {self.arch!r} (choose from: {', '.join(ARCHITECTURES)})")
+        require_arch(self.arch)
 
 
 @register_source("tiny", TinyModelOptions)
