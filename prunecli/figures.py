@@ -56,8 +56,8 @@ def line_keys(frame: pd.DataFrame) -> list[str]:
 
 def plot_ppl(frame: pd.DataFrame, folder: Path) -> list[Path]:
     """``ppl_vs_sparsity.png`` and its data: perplexity (log) over target sparsity, one line per method + pattern."""
-    keys = line_keys(frame)
     completed = frame[frame["status"] == "completed"].dropna(subset=["ppl"])
+    keys = line_keys(completed)  # what tells the plotted runs apart (a failed run's settings do not count)
     completed = completed.assign(update=stage_of(completed, "update"))
     completed = completed.assign(**{column: completed[column].astype(object).fillna("") for column in varying_settings(completed)})
     data = completed.groupby([*keys, "sparsity_target"], as_index=False)["ppl"].mean()

@@ -267,6 +267,14 @@ def test_runs_differing_only_in_the_eval_budget_are_two_groups_never_one_mean(tm
     assert "| magnitude | 4,096 | 4,096 | 447.9 |" in (tmp_path / "pivot.md").read_text()
 
 
+def test_a_failed_runs_settings_never_hide_the_completed_runs_line(tmp_path):
+    pytest.importorskip("matplotlib")
+    make_run(tmp_path, "old", ppl=50.0)  # a record from before the settings columns: max_eval_tokens empty
+    make_run(tmp_path, "bad", status="failed", ppl="", max_eval_tokens=16384, error="boom")
+    report.main([str(tmp_path)], plot=True)
+    assert list(pd.read_csv(tmp_path / "plots" / "ppl_vs_sparsity.csv")["ppl"]) == [50.0]
+
+
 def test_plot_without_latency_draws_only_ppl(tmp_path):
     pytest.importorskip("matplotlib")
     grid(tmp_path)
