@@ -123,7 +123,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
             console.console.print(f"{label}: skipped, already completed in {done}")
             return None
     try:
-        prepared = pipeline.prepare(cfg)
+        prepared = pipeline.prepare(cfg, run_dir)
     except PruneError as err:
         if multirun:
             record_failure(cfg, run_dir, overrides, err)

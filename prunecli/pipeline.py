@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,7 +100,27 @@ def validate(cfg: DictConfig) -> Checked:
         update_options = update.parse(cfg["update"], method)
         if analysis is not None or not oneshot:
             raise PruneError(f"update={update.name} re-fits the weights of a one-shot pruning: use schedule=oneshot analysis=none")
-    return Checked(nm, model, data, evals, method, options, analysis, analysis_options, update, update_options, bench, tuning, schedule, logger)
+    checked = Checked(nm, model, data, evals, method, options, analysis, analysis_options, update, update_options, bench, tuning, schedule, logger)
+    check_offload(cfg, checked)
+    return checked
+
+
+def check_offload(cfg: DictConfig, checked: Checked) -> None:
+    """With ``model.offload=cpu|disk`` the model is never whole on its device: refuse what needs it so."""
+    mode = getattr(checked.model, "offload", "none")
+    if mode == "none":
+        return
+    needs_whole = [
+        (not checked.method.runs_offloaded(checked.options), f"method={cfg.method.name} (with these options) reads every layer at once"),
+        (checked.update is not None, f"update={checked.update.name if checked.update else ''} keeps the dense weights of every layer"),
+        (checked.analysis is not None, f"analysis={checked.analysis.name if checked.analysis else ''} scores the whole model per layer"),
+        (finetune.kind_of(cfg) != "none", f"finetune={finetune.kind_of(cfg)} trains the whole model"),
+        (not checked.oneshot, "a schedule other than oneshot fine-tunes the whole model"),
+        (checked.benchmark.name != "none", f"benchmark={checked.benchmark.name} times the whole model on its device (use benchmark=none)"),
+    ]
+    for refused, reason in needs_whole:
+        if refused:
+            raise PruneError(f"model.offload={mode} keeps only one block on the device, but {reason}")
 
 
 @dataclass
@@ -140,13 +161,23 @@ class Stages:
         log.info("stage %s done in %.1f s (peak %s MiB)", name, self.seconds[name], self.peak_mb[name])
 
 
-def prepare(cfg: DictConfig) -> Prepared:
+def prepare(cfg: DictConfig, run_dir: Path | None = None) -> Prepared:
+    """Validate, load the model (offloaded parts under ``run_dir``, a temporary folder if None) and build
+    the data; a failure closes the model's offloading (its folder is removed)."""
     checked = validate(cfg)
-    nm, method, options = checked.nm, checked.method, checked.options
     stages = Stages()
     torch.manual_seed(cfg.seed)
     with stages.time("load"):
-        loaded = load_model(checked.model)
+        loaded = load_model(checked.model, run_dir)
+    try:
+        return prepare_loaded(cfg, checked, loaded, stages)
+    except BaseException:
+        loaded.offload.close()
+        raise
+
+
+def prepare_loaded(cfg: DictConfig, checked: Checked, loaded: LoadedModel, stages: Stages) -> Prepared:
+    nm, method, options = checked.nm, checked.method, checked.options
     data = checked.data
     if loaded.tokenizer is not None and data.seqlen > loaded.max_length:  # text models only
         raise PruneError(f"data.seqlen={data.seqlen} is longer than the context of {loaded.name} ({loaded.max_length} tokens)")
@@ -184,7 +215,15 @@ def needs_calibration(cfg: DictConfig, checked: Checked) -> bool:
 
 
 def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict]]:
-    """Run the timed stages; return the run record and the per-layer sparsity table."""
+    """Run the timed stages; return the run record and the per-layer sparsity table. The model's
+    offloading is closed at the end, whatever happens (its folder removed)."""
+    try:
+        return execute_stages(prepared, run_dir, overrides)
+    finally:
+        prepared.loaded.offload.close()
+
+
+def execute_stages(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[dict, list[dict]]:
     cfg, checked, loaded, stages = prepared.cfg, prepared.checked, prepared.loaded, prepared.stages
     timings = stages.seconds
     method, analysis = checked.method, checked.analysis
@@ -197,7 +236,7 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
     ctx = PruneContext(
         model=loaded.model, layers=prepared.layers, sparsity=float(cfg.sparsity), nm=checked.nm,
         options=checked.options, device=loaded.device, calibration=prepared.calibration,
-        example_input=loaded.example_input(1),
+        example_input=loaded.example_input(1), offload=loaded.offload,
     )
     params_before = sum(p.numel() for p in loaded.model.parameters())
     # the model before pruning, benchmarked beside the pruned one (speedups as ratios within this run)
@@ -218,7 +257,7 @@ def execute(prepared: Prepared, run_dir: Path, overrides: list[str]) -> tuple[di
         with stages.time("finetune"):
             metrics.update(prepared.finetune.run(ctx, layers, prepared.evaluate, run_dir, keep_masks=pruning))
         metrics["finetune_s"] = timings["finetune"]
-    summary, layer_rows = sparsity_summary(loaded.model, layers)
+    summary, layer_rows = sparsity_summary(loaded.model, layers, loaded.offload.parts() if loaded.offload.mode != "none" else None)
     layer_errors = ctx.stats.pop("layer_errors", {})  # per-layer figures of a method, as layers.csv columns
     for row in layer_rows:
         row.update(layer_errors.get(row["name"], {}))
@@ -261,12 +300,18 @@ def scored(evaluate: Callable[[torch.nn.Module], dict], model: torch.nn.Module, 
 
 
 def save_model(loaded: LoadedModel, folder: Path) -> None:
-    """``save_pretrained`` (safetensors) plus the tokenizer, loadable with ``model=hf``; a model without
-    ``save_pretrained`` (CNNs): its state dict as ``model.safetensors``, loadable with ``model.checkpoint``."""
-    if not hasattr(loaded.model, "save_pretrained"):
+    """``save_pretrained`` (safetensors; an offloaded model's parts one by one, sharded) plus the tokenizer,
+    loadable with ``model=hf``; a model without ``save_pretrained`` (CNNs): its state dict as
+    ``model.safetensors``, loadable with ``model.checkpoint``. Written into ``<folder>.partial`` and
+    renamed when complete: a run killed while saving leaves no folder that looks finished."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    if hasattr(loaded.model, "save_pretrained"):
+        loaded.offload.save(partial, loaded.tokenizer)
+    else:
         from prunecli.models.vision import save_safetensors
 
-        save_safetensors(loaded.model, folder / "model.safetensors")
-        return
-    loaded.model.save_pretrained(folder, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(folder)
+        save_safetensors(loaded.model, partial / "model.safetensors")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)

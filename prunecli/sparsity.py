@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from torch import nn
 
 from prunecli.methods.targets import weight_matrix
@@ -23,21 +25,32 @@ def layer_table(layers: dict[str, nn.Module]) -> list[dict]:
     return rows
 
 
-def model_counts(model: nn.Module) -> tuple[int, int]:
-    """(total, nonzero) over all unique parameter tensors (tied weights counted once)."""
-    total = nonzero = 0
-    for parameter in model.parameters():  # .parameters() already de-duplicates tied tensors
-        total += parameter.numel()
-        nonzero += int(parameter.count_nonzero())
+def model_counts(modules: nn.Module | list[nn.Module]) -> tuple[int, int]:
+    """(total, nonzero) over all unique parameter tensors of ``modules`` (tied weights counted once)."""
+    seen, total, nonzero = set(), 0, 0
+    for module in modules if isinstance(modules, list) else [modules]:
+        for parameter in module.parameters():
+            if id(parameter) not in seen:
+                seen.add(id(parameter))
+                total += parameter.numel()
+                nonzero += int(parameter.count_nonzero())
     return total, nonzero
 
 
-def sparsity_summary(model: nn.Module, layers: dict[str, nn.Module]) -> tuple[dict, list[dict]]:
-    """Summary figures for metrics/results plus the per-layer table."""
-    table = layer_table(layers)
+def sparsity_summary(model: nn.Module, layers: dict[str, nn.Module], parts: Iterable[list[nn.Module]] | None = None) -> tuple[dict, list[dict]]:
+    """Summary figures for metrics/results plus the per-layer table. ``parts``: the model's parts in
+    turn, each with its weights present (an offloaded model's :meth:`~prunecli.models.offload.Offload.parts`);
+    None: the model as it is."""
+    rows: dict[str, dict] = {}
+    total = nonzero = 0
+    for modules in parts if parts is not None else [[model]]:
+        inside = {id(sub) for module in modules for sub in module.modules()}
+        rows.update({row["name"]: row for row in layer_table({name: m for name, m in layers.items() if id(m) in inside and name not in rows})})
+        part_total, part_nonzero = model_counts(modules)  # tied tensors live in one part (embeddings = head)
+        total, nonzero = total + part_total, nonzero + part_nonzero
+    table = [rows[name] for name in layers]
     numel = sum(row["numel"] for row in table)
     zeros = sum(row["zeros"] for row in table)
-    total, nonzero = model_counts(model)
     summary = {
         "sparsity_actual": zeros / numel,
         "sparsity_all_params": 1 - nonzero / total,

@@ -46,3 +46,20 @@ def test_default_zeroshot_wanda_run_prints_the_task_table_within_five_minutes(tm
         assert any(line.lstrip("│ ").startswith(task) for line in result.stdout.splitlines()), task
     assert 0.3 < metrics["zeroshot_mean_dense"] < 0.6 and metrics["zeroshot_mean"] > 0.25
     assert metrics["total_s"] < 300, f"the default zero-shot Wanda run took {metrics['total_s']:.0f} s (stages: {metrics['timings']})"
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_smollm2_pruned_with_disk_offload_scores_the_same_to_the_bit(tmp_path, method):
+    """#17: the weights read block by block from safetensors, one block in memory, the same figures."""
+    figures = {}
+    for mode in ("none", "disk"):
+        cwd = tmp_path / mode
+        cwd.mkdir()
+        result = run_prune("run", f"method={method}", "sparsity=0.5", "benchmark=none", "data.nsamples=8", "data.seqlen=256",
+                           "data.max_eval_tokens=1024", f"model.offload={mode}", cwd=cwd, timeout=900)
+        assert result.returncode == 0, result.stderr[-2000:]
+        (run_dir,) = [p for p in (cwd / "outputs" / "runs").iterdir()]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        figures[mode] = {key: metrics[key] for key in ("ppl", "ppl_dense", "sparsity_actual", "params_nonzero")}
+        assert not (run_dir / "offload").exists()
+    assert figures["disk"] == figures["none"]

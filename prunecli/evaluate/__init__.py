@@ -6,7 +6,11 @@ a list of a group's options: ``eval=[perplexity,zeroshot]`` scores both; ``eval=
 The node is parsed once (:func:`parse_eval`): ``baseline`` plus each evaluator's typed options.
 An evaluator is one :class:`Evaluator` descriptor::
 
-    register(Evaluator("perplexity", perplexity_evaluator, PerplexityOptions))
+    register(Evaluator("perplexity", perplexity_evaluator, PerplexityOptions, offloads=True))
+
+``offloads``: the evaluator brings an offloaded model's blocks to the device itself (block-wise
+perplexity); any other runs the whole model with each block onloaded around its own forward
+(:meth:`~prunecli.models.offload.Offload.streamed`).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ class EvalContext:
 
 @dataclass(frozen=True)
 class Evaluator:
-    """``build(ctx) -> evaluate(model) -> metrics``, and the typed options of its ``eval.<name>`` node."""
+    """``build(ctx) -> evaluate(model) -> metrics``, the typed options of its ``eval.<name>`` node, and
+    whether it onloads an offloaded model's blocks itself (``offloads``, see the module doc)."""
 
     name: str
     build: Callable[[EvalContext], Callable[[Any], dict]]
     options: type[Options] = Options
+    offloads: bool = False
 
 
 EVALUATORS: Registry[Evaluator] = Registry("eval")
@@ -74,8 +80,21 @@ def selected(cfg: Any) -> list[str]:
 
 def build(loaded: Any, options: EvalOptions, model: Any, data: Any, cfg: Any) -> Callable[[Any], dict]:
     """One ``evaluate(model)`` that runs every selected evaluator and merges their metrics."""
-    parts = [EVALUATORS.get(name).build(EvalContext(loaded, own, model, data, cfg)) for name, own in options.evaluators.items()]
+    parts = []
+    for name, own in options.evaluators.items():
+        evaluator = EVALUATORS.get(name)
+        evaluate = evaluator.build(EvalContext(loaded, own, model, data, cfg))
+        parts.append(evaluate if evaluator.offloads or loaded.offload.mode == "none" else streamed(evaluate, loaded.offload))
     return lambda model: {key: value for part in parts for key, value in part(model).items()}
+
+
+def streamed(evaluate: Callable[[Any], dict], offload: Any) -> Callable[[Any], dict]:
+    """``evaluate`` run with the offloaded model's blocks onloaded one by one around their forwards."""
+    def run(model: Any) -> dict:
+        with offload.streamed():
+            return evaluate(model)
+
+    return run
 
 
 from prunecli.evaluate import accuracy, perplexity, zeroshot  # noqa: E402,F401

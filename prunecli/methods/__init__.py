@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
+from prunecli.models.offload import Offload
 from prunecli.options import Options, at_least, parse
 from prunecli.registry import Registry
 
@@ -50,6 +51,9 @@ class Method:
     """Everything the pipeline may ask of a method.
 
     ``calibration``: True / False, or a function of the options (structured criteria).
+    ``offload``: True / False, or a function of the options: the method reads and changes weights
+    only block by block, through :func:`~prunecli.methods.layerwise.prune_layerwise` or
+    :func:`~prunecli.methods.layerwise.onloaded_layers`, so it runs with ``model.offload=cpu|disk``.
     ``effect``: ``nothing`` (a baseline or an analysis: recorded with sparsity_target 0),
     ``zeros`` (shapes unchanged) or ``shapes`` (the model shrinks; its layers are read again).
     ``check_model(options, sparsity, model)``: refuse, right after loading, what these shapes
@@ -66,6 +70,7 @@ class Method:
     check_model: Callable[[Any, float, nn.Module], None] | None = None
     reprune: Callable[["PruneContext", dict], None] | None = None
     refittable: bool = False
+    offload: bool | Callable[[Any], bool] = False
 
     def parse(self, node: Any) -> MethodOptions:
         """The ``method`` config node as this method's typed options."""
@@ -73,6 +78,9 @@ class Method:
 
     def needs_calibration(self, options: MethodOptions) -> bool:
         return self.calibration(options) if callable(self.calibration) else self.calibration
+
+    def runs_offloaded(self, options: MethodOptions) -> bool:
+        return self.offload(options) if callable(self.offload) else self.offload
 
     @property
     def prunes(self) -> bool:
@@ -101,8 +109,11 @@ class PruneContext:
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # per-layer targets (allocation)
     stats: dict = field(default_factory=dict)  # method-specific figures for metrics.json
     example_input: tuple[tuple, dict] | None = field(repr=False, default=None)  # (args, kwargs) of one forward (method=filters traces with it)
+    offload: Offload | None = field(repr=False, default=None)  # brings blocks to ``device`` (model.offload); None: all there
 
     def __post_init__(self) -> None:
+        if self.offload is None:
+            self.offload = Offload(self.model, self.device)
         if not isinstance(self.options, MethodOptions):
             self.options = METHODS.get(self.options["name"]).parse(self.options)
 
@@ -123,7 +134,7 @@ def dense(ctx: PruneContext) -> None:
     """No pruning: the baseline every method is compared against."""
 
 
-register(Method("dense", dense, effect=NOTHING))
+register(Method("dense", dense, effect=NOTHING, offload=True))
 
 
 def _import_methods() -> None:

@@ -205,5 +205,5 @@ def refit_admm(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, 
     return updated, {"admm_residual": residual}
 
 
-register(Method("admm", admm, ADMMOptions, calibration=True))
+register(Method("admm", admm, ADMMOptions, calibration=True, offload=True))
 register_update(Update("admm", refit_admm, ADMMUpdateOptions, summary=error_summary))

@@ -8,7 +8,8 @@ and Wanda papers' code).
 
 Only one block's activations live at a time. Windows go through a block in batches of
 ``batch_size`` (the reference code feeds one window at a time; batching gives the same
-statistics, faster).
+statistics, faster). With ``model.offload`` (``ctx.offload``), only the embeddings (step 1) or
+the one block being calibrated and pruned (step 2) are on the execution device.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -110,24 +111,26 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     if windows is None:
         raise PruneError(f"{desc} needs calibration data (its method descriptor must say calibration=True)")
     start = time.perf_counter()
-    batches = block_inputs(model, blocks[0], windows, batch_size, device)
+    with ctx.offload.outer():
+        batches = block_inputs(model, blocks[0], windows, batch_size, device)
     block_times = []
     for index, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
         began = time.perf_counter()
         outputs = None
-        if grouped[index] and before_block is not None:
-            before_block(index, grouped[index])
-        if grouped[index] and measure_only:
-            with collect_inputs(grouped[index], make_stats) as stats:
+        with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
+            if grouped[index] and before_block is not None:
+                before_block(index, grouped[index])
+            if grouped[index] and measure_only:
+                with collect_inputs(grouped[index], make_stats) as stats:
+                    outputs = [batch.run(block) for batch in batches]
+                prune_block(index, grouped[index], stats)
+            elif grouped[index]:
+                with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
+                    for batch in batches:
+                        run_until_inputs_collected(batch, block)
+                prune_block(index, grouped[index], stats)
+            if outputs is None:
                 outputs = [batch.run(block) for batch in batches]
-            prune_block(index, grouped[index], stats)
-        elif grouped[index]:
-            with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
-                for batch in batches:
-                    run_until_inputs_collected(batch, block)
-            prune_block(index, grouped[index], stats)
-        if outputs is None:
-            outputs = [batch.run(block) for batch in batches]
         for batch, output in zip(batches, outputs):
             batch.hidden = output
         block_times.append(time.perf_counter() - began)
@@ -135,3 +138,16 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
         "windows": int(windows.shape[0]), "tokens": int(windows.numel()), "batch_size": batch_size,
         "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
     }
+
+
+def onloaded_layers(ctx: Any) -> Iterator[dict[str, nn.Module]]:
+    """``ctx.layers`` in groups whose weights are on the execution device, for a data-free method:
+    all at once without offloading, else one block's layers at a time (the block kept as changed)."""
+    if ctx.offload.mode == "none":
+        yield ctx.layers
+        return
+    prefix, blocks = blocks_of(ctx.model)
+    for block, layers in zip(blocks, layers_by_block(ctx.layers, prefix, len(blocks))):
+        if layers:
+            with ctx.offload.onloaded([block], changed=True):
+                yield layers

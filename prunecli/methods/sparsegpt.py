@@ -135,4 +135,4 @@ def sparsegpt(ctx: PruneContext) -> None:
         ctx.stats["sparsegpt_damping_raised"] = warnings
 
 
-register(Method("sparsegpt", sparsegpt, SparseGPTOptions, calibration=True, refittable=True))
+register(Method("sparsegpt", sparsegpt, SparseGPTOptions, calibration=True, refittable=True, offload=True))

@@ -70,4 +70,4 @@ def reprune_wanda(ctx: PruneContext, state: dict) -> None:
             prune_layer(ctx, name, module, state["norms"][name], pruned_lowest)
 
 
-register(Method("wanda", wanda, WandaOptions, calibration=True, reprune=reprune_wanda, refittable=True))
+register(Method("wanda", wanda, WandaOptions, calibration=True, reprune=reprune_wanda, refittable=True, offload=True))

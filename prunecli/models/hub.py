@@ -57,15 +57,40 @@ def looks_like_path(name_or_path: str) -> bool:
     return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).suffix != "" or name_or_path.count("/") > 1
 
 
-@register_source("hf", HubModelOptions)
-def load_hf(options: HubModelOptions):
-    """A hub id (``gpt2``, ``HuggingFaceTB/SmolLM2-135M``) or a folder written by ``save_pretrained``."""
+def checked_name(options: HubModelOptions) -> str:
+    """``model.name_or_path`` as given (a hub id) or as an existing local folder."""
     name = options.name_or_path
     if not name:
         raise PruneError("model=hf needs model.name_or_path=<hub id or local folder>")
     name = str(name)
     if looks_like_path(name) and not Path(name).expanduser().exists():
         raise PruneError(f"model path {name!r} does not exist")
-    if Path(name).expanduser().exists():
-        name = str(Path(name).expanduser())
-    return from_pretrained(name, options.task, options.trust_remote_code, options.revision, options.num_labels)
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def hf_checkpoint(options: HubModelOptions, scratch: Path) -> tuple[Path, str]:
+    """``offload=disk``: the local folder, or the hub snapshot's (weights, config, tokenizer files only)."""
+    from transformers import AutoConfig
+
+    name = checked_name(options)
+    if Path(name).is_dir():
+        folder = Path(name)
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(name, revision=options.revision, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        except Exception as err:  # no hub access and nothing cached
+            raise PruneError(f"cannot fetch {name!r} for model.offload=disk (no local folder, cache or hub access?): {type(err).__name__}") from None
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=options.trust_remote_code)
+    from prunecli.structured.loading import has_structure
+
+    if has_structure(config):
+        raise PruneError(f"{name} was shrunk by structured pruning (per-layer shapes): model.offload=disk builds uniform blocks; use model.offload=cpu")
+    return folder, task_of(config, options.task)
+
+
+@register_source("hf", HubModelOptions, checkpoint=hf_checkpoint)
+def load_hf(options: HubModelOptions):
+    """A hub id (``gpt2``, ``HuggingFaceTB/SmolLM2-135M``) or a folder written by ``save_pretrained``."""
+    return from_pretrained(checked_name(options), options.task, options.trust_remote_code, options.revision, options.num_labels)

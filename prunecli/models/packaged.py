@@ -53,7 +53,7 @@ def smollm2_folder() -> Path:
     return target
 
 
-@register_source("smollm2")
+@register_source("smollm2", checkpoint=lambda options, scratch: (smollm2_folder(), "causal_lm"))
 def load_smollm2(options: TextModelOptions):
     return from_pretrained(str(smollm2_folder()), "causal_lm")
 
@@ -67,7 +67,7 @@ class ClassifierModelOptions(TextModelOptions):
     num_labels: int = 2  # classes of the fresh (seeded) head
 
 
-@register_source("minilm")
+@register_source("minilm", checkpoint=lambda options, scratch: (minilm_folder(), "encoder"))
 def load_minilm(options: TextModelOptions):
     return from_pretrained(str(minilm_folder()), "encoder")
 

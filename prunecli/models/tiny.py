@@ -6,6 +6,7 @@ They share the packaged MiniLM WordPiece tokenizer, so their vocabulary is that 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -58,7 +59,16 @@ class TinyModelOptions(TextModelOptions):
         require_arch(self.arch)
 
 
-@register_source("tiny", TinyModelOptions)
+def tiny_checkpoint(options: TinyModelOptions, scratch: Path) -> tuple[Path, str]:
+    """``offload=disk``: the tiny model saved (``save_pretrained``) into ``scratch/tiny_checkpoint``, to be read from there."""
+    model, tokenizer, task = load_tiny(options)
+    folder = scratch / "tiny_checkpoint"
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder, task
+
+
+@register_source("tiny", TinyModelOptions, checkpoint=tiny_checkpoint)
 def load_tiny(options: TinyModelOptions):
     tokenizer = tiny_tokenizer()
     config = dict(options.config)
