@@ -52,6 +52,9 @@ def main() -> None:
         parser.error(f"{args.src} has no config.json")
     torch.manual_seed(args.seed)
     config = AutoConfig.from_pretrained(args.src, **SHAPES.get(args.shape, {}))
+    # SRC's tokenizer may have more ids than the shape's vocabulary (SmolLM2's 49,152 vs Llama-2's 32,000):
+    # the embeddings grow to hold them all, or any real text would index past the table
+    config.vocab_size = max(config.vocab_size, AutoConfig.from_pretrained(args.src).vocab_size)
     torch.set_default_dtype(DTYPES[args.dtype])  # initialised in the target dtype: no fp32 copy of a 7B model first
     model = AutoModelForCausalLM.from_config(config)
     torch.set_default_dtype(torch.float32)
