@@ -81,6 +81,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for method in sorted({r["method"] for r in rows}):
@@ -90,6 +91,7 @@ def plot(rows: list[dict], path: Path) -> None:
         memory_axis.plot(params, [r["run_peak_rss_gb"] for r in own], "o-", label=f"{method}: peak RSS")
     sizes = sorted({(r["params"], r["weights_gb"]) for r in rows})
     memory_axis.plot([p / 1e9 for p, _ in sizes], [w for _, w in sizes], "k--", label="weights (fp32)")
+    time_axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log ticks' labels overlap
     time_axis.set(xlabel="parameters (billions)", ylabel="prune time (s)", title="time")
     memory_axis.set(xlabel="parameters (billions)", ylabel="GB", title="memory")
     for axis in (time_axis, memory_axis):
