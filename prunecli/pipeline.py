@@ -257,7 +257,7 @@ def execute_stages(prepared: Prepared, run_dir: Path, overrides: list[str]) -> t
         with stages.time("finetune"):
             metrics.update(prepared.finetune.run(ctx, layers, prepared.evaluate, run_dir, keep_masks=pruning))
         metrics["finetune_s"] = timings["finetune"]
-    summary, layer_rows = sparsity_summary(loaded.model, layers, loaded.offload.parts() if loaded.offload.mode != "none" else None)
+    summary, layer_rows = sparsity_summary(loaded.model, layers, loaded.offload.parts())
     layer_errors = ctx.stats.pop("layer_errors", {})  # per-layer figures of a method, as layers.csv columns
     for row in layer_rows:
         row.update(layer_errors.get(row["name"], {}))

@@ -34,7 +34,6 @@ from prunecli.errors import PruneError
 from prunecli.models.layout import blocks_of
 from prunecli.outputs import replaced_atomically, write_atomic
 
-MODES = ("none", "cpu", "disk")
 MARKER = "PRUNECLI_OFFLOAD"  # an offload folder in use (or left by a killed run): removed when the run ends or starts again
 GIB = 1024**3
 
@@ -42,10 +41,9 @@ GIB = 1024**3
 def outer_modules(model: nn.Module) -> list[nn.Module]:
     """The model's modules outside its block stack that hold tensors (embeddings, rotary, norm, head)."""
     prefix, _ = blocks_of(model)
-    inside = {id(module) for name, module in model.named_modules() if name == prefix or name.startswith(prefix + ".")}
     kept = []
     for name, module in model.named_modules():
-        if id(module) in inside or name.startswith(prefix + "."):
+        if name == prefix or name.startswith(prefix + "."):
             continue
         if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
             kept.append(module)
@@ -98,13 +96,14 @@ class Offload:
                 handle.remove()
 
     def parts(self) -> Iterator[list[nn.Module]]:
-        """Each part of the model in turn, onloaded (the outer part, then every block): for reading all weights."""
-        _, blocks = blocks_of(self.model)
-        with self.outer():
-            yield outer_modules(self.model) if self.mode != "none" else [self.model]
+        """Each part of the model in turn, onloaded (the outer part, then every block): for reading all
+        weights. ``none``: the whole model, one part (any model, with or without a block stack)."""
         if self.mode == "none":
+            yield [self.model]
             return
-        for block in blocks:
+        with self.outer():
+            yield outer_modules(self.model)
+        for block in blocks_of(self.model)[1]:
             with self.onloaded([block]):
                 yield [block]
 
