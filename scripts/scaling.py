@@ -10,6 +10,11 @@ Rows go to ``experiments/scaling/results.csv`` (one per run, with the command th
 parameters, prune time (calibration + pruning) and its mean per block, peak RSS of the prune stage and
 of the run, the weights' size on disk, and peak RSS / weight size. Then, per method, the exponent
 ``k`` of ``prune_s ~ params^k`` (least squares on logs) and ``experiments/scaling/scaling.png``.
+
+``--reload`` also saves each pruned model (``save_model=true``: the sharded safetensors folder), loads
+it back whole with plain ``from_pretrained`` (``model=hf model.offload=none method=dense``), scores it on
+the same windows, and records that perplexity (``reloaded_ppl``) and whether it equals the offloaded
+run's to the bit (``reloaded_same``); the saved folder is removed after.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import csv
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +35,7 @@ from random_weights import SHAPES  # noqa: E402
 
 OUT = REPO / "experiments" / "scaling"
 COLUMNS = ["shape", "method", "params", "weights_gb", "prune_s", "block_s_mean", "prune_peak_rss_gb", "run_peak_rss_gb",
-           "peak_rss_over_weights", "ppl", "command"]
+           "peak_rss_over_weights", "ppl", "reloaded_ppl", "reloaded_same", "command"]
 
 
 def random_model(shape: str, models: Path) -> Path:
@@ -47,16 +53,28 @@ def weights_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
 
 
-def run(shape: str, method: str, folder: Path, args: argparse.Namespace) -> dict:
-    run_dir = REPO / "outputs" / "scaling" / f"{shape}_{method}"
-    command = ["prune", "run", "model=hf", f"model.name_or_path={folder}", f"method={method}", "sparsity=0.5", "benchmark=none",
-               f"model.offload={args.offload}", f"data.nsamples={args.nsamples}", f"data.seqlen={args.seqlen}",
-               f"data.max_eval_tokens={args.eval_tokens}", f"hydra.run.dir={run_dir}"]
+def prune(command: list[str], label: str) -> None:
     result = subprocess.run([sys.executable, "-c", "from prunecli.cli import main; main()", *command[1:]], cwd=REPO, text=True,
                             capture_output=True)
     if result.returncode != 0:
-        raise SystemExit(f"{shape} {method} failed: {result.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"{label} failed: {result.stderr.strip().splitlines()[-1:]}")
+
+
+def run(shape: str, method: str, folder: Path, args: argparse.Namespace) -> dict:
+    run_dir = REPO / "outputs" / "scaling" / f"{shape}_{method}"
+    budget = [f"data.nsamples={args.nsamples}", f"data.seqlen={args.seqlen}", f"data.max_eval_tokens={args.eval_tokens}"]
+    command = ["prune", "run", "model=hf", f"model.name_or_path={folder}", f"method={method}", "sparsity=0.5", "benchmark=none",
+               f"model.offload={args.offload}", *budget, f"hydra.run.dir={run_dir}"] + (["save_model=true"] if args.reload else [])
+    prune(command, f"{shape} {method}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    reloaded = {"reloaded_ppl": "", "reloaded_same": ""}
+    if args.reload:
+        reload_dir = run_dir.with_name(run_dir.name + "_reloaded")
+        prune(["prune", "run", "model=hf", f"model.name_or_path={run_dir / 'model'}", "method=dense", "benchmark=none",
+               "eval.baseline=false", *budget, f"hydra.run.dir={reload_dir}"], f"{shape} {method} reloaded")
+        ppl = json.loads((reload_dir / "metrics.json").read_text())["ppl"]
+        reloaded = {"reloaded_ppl": round(ppl, 1), "reloaded_same": ppl == metrics["ppl"]}
+        shutil.rmtree(run_dir / "model")
     blocks = metrics["calibration"][method]["block_seconds"]
     size = weights_bytes(folder)
     peak = max(peaks["rss"] for peaks in metrics["stage_peak_mb"].values()) * 2**20
@@ -64,7 +82,7 @@ def run(shape: str, method: str, folder: Path, args: argparse.Namespace) -> dict
         "shape": shape, "method": method, "params": metrics["params_total"], "weights_gb": round(size / 1e9, 2),
         "prune_s": round(metrics["prune_s"], 1), "block_s_mean": round(sum(blocks) / len(blocks), 2),
         "prune_peak_rss_gb": round(metrics["stage_peak_mb"]["prune"]["rss"] * 2**20 / 1e9, 2), "run_peak_rss_gb": round(peak / 1e9, 2),
-        "peak_rss_over_weights": round(peak / size, 3), "ppl": round(metrics["ppl"], 1), "command": shlex.join(command),
+        "peak_rss_over_weights": round(peak / size, 3), "ppl": round(metrics["ppl"], 1), **reloaded, "command": shlex.join(command),
     }
 
 
@@ -109,6 +127,7 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=2048)
+    parser.add_argument("--reload", action="store_true", help="save each pruned model, reload it with from_pretrained, score it again")
     parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "prunecli" / "scaling")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -427,6 +427,25 @@ def test_cli_sensitivity_analysis_studies_the_method_and_leaves_the_model_dense(
     assert refused.returncode == 2 and "analysis=sensitivity studies method=ffn|filters|heads (got method=wanda)" in refused.stderr
 
 
+@pytest.mark.parametrize("kind", ["ffn", "heads"])
+def test_sensitivity_prunes_a_copy_of_one_block_in_place_then_puts_the_model_back(kind):
+    """No second model: the unit's block is copied and swapped in; the result equals pruning a copy of the
+    whole model, and afterwards the model holds its own blocks, weights and config again."""
+    from prunecli.analysis.sensitivity import UNITS, scope_copied
+
+    model = tiny_model("llama")
+    units = UNITS.get(kind)(context(model, 0.0, name=kind))
+    state, config, blocks = copy.deepcopy(model.state_dict()), model.config.to_dict(), list(blocks_of(model)[1])
+    whole = copy.deepcopy(model)
+    removed = units.prune(whole, 1, 0.5)
+    with scope_copied(model, units.scopes[1]) as pruned:
+        assert pruned is model and units.prune(pruned, 1, 0.5) == removed > 0
+        assert n_params(pruned) == n_params(whole) < n_params(tiny_model("llama"))
+        assert torch.equal(logits(pruned), logits(whole))
+    assert all(a is b for a, b in zip(blocks_of(model)[1], blocks)) and model.config.to_dict() == config
+    assert model.state_dict().keys() == state.keys() and all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
 @pytest.mark.parametrize("blocks, message", [([0, 7], r"block indices must be in 0\.\.1"), ([0, 1], "would remove every block")])
 def test_bad_layers_to_remove_are_refused(blocks, message):
     with pytest.raises(PruneError, match=message):

@@ -35,6 +35,22 @@ def zeroshot_config():
     return config_dir() / "eval" / "zeroshot.yaml"
 
 
+def test_zero_shot_of_a_disk_offloaded_model_is_the_same_to_the_bit(tmp_path, corpus):
+    """The harness's whole-model forwards, each block onloaded around its own forward: the same accuracies."""
+    scores = {}
+    for mode in ("none", "disk"):
+        (tmp_path / mode).mkdir()
+        args = [a for a in tiny_args(corpus) if not a.startswith("benchmark")]
+        result = run_prune("run", *args, *ZEROSHOT, "eval.zeroshot.tasks=[arc_easy,piqa]", "method=wanda",
+                           f"model.offload={mode}", "benchmark=none", cwd=tmp_path / mode)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run,) = run_dirs(tmp_path / mode)
+        metrics = json.loads((run / "metrics.json").read_text())
+        scores[mode] = {key: {task: (row["acc"], row["acc_norm"]) for task, row in metrics[key].items()} for key in ("zeroshot", "zeroshot_dense")}
+        assert not (run / "offload").exists()
+    assert scores["disk"] == scores["none"]
+
+
 def test_a_pruned_tiny_model_and_its_baseline_score_the_same_examples(tmp_path, corpus):
     result = run_prune("run", *tiny_args(corpus), *ZEROSHOT, "eval.zeroshot.tasks=[arc_easy,piqa]", "method=magnitude", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

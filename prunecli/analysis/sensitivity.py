@@ -2,9 +2,11 @@
 
 For every *unit* of the run's structured method (``filters``: each channel group of a CNN;
 ``ffn`` / ``heads``: each transformer block) and every ratio in ``analysis.ratios``: prune only
-that unit at that ratio on a copy of the model (the method's own criterion and per-layer
-ranking), evaluate it with the run's evaluator, record the change of the metric, drop the copy.
-The model of the run is left unpruned.
+that unit at that ratio (the method's own criterion and per-layer ranking) on a copy of the part
+it changes -- its block for ``ffn`` / ``heads``, swapped into the model for the evaluation and
+swapped out after, so a transformer is never held twice; the whole (small) CNN for ``filters``,
+whose groups span layers -- evaluate it with the run's evaluator, record the change of the
+metric, drop the copy. The model of the run is left unpruned.
 
 Writes ``sensitivity.csv`` (one row per unit and ratio: ``unit, ratio, units_total,
 units_removed, params_removed, metric, dense, value, delta, drop``; ``drop`` > 0 is worse:
@@ -22,9 +24,10 @@ import copy
 import dataclasses
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
@@ -48,7 +51,8 @@ class Units:
 
     names: list[str]
     sizes: list[int]
-    prune: Callable[[nn.Module, int, float], int]  # (copy of the model, unit index, ratio) -> units removed
+    prune: Callable[[nn.Module, int, float], int]  # (model with a copy of the unit's scope, unit index, ratio) -> units removed
+    scopes: list[str]  # per unit, the submodule its pruning changes ("": the whole model)
 
 
 UNITS: Registry[Callable[[PruneContext], Units]] = Registry("sensitivity method")
@@ -68,7 +72,7 @@ def filter_units(ctx: PruneContext) -> Units:
         remove_filters(model, graph, {groups[index].space: scores[index].argsort(stable=True)[:k].sort().values})
         return k
 
-    return Units([g.name for g in groups], [g.size for g in groups], prune)
+    return Units([g.name for g in groups], [g.size for g in groups], prune, [""] * len(groups))
 
 
 def _transformer_units(kind: str) -> Callable[[PruneContext], Units]:
@@ -93,7 +97,8 @@ def _transformer_units(kind: str) -> Callable[[PruneContext], Units]:
             apply(model, Plan(kind, [group], [removed], bias), physically=True)
             return len(removed)
 
-        return Units([f"{prefix}.{g.block}" for g in first.groups], [g.units for g in first.groups], prune)
+        names = [f"{prefix}.{g.block}" for g in first.groups]
+        return Units(names, [g.units for g in first.groups], prune, names)
 
     return units
 
@@ -140,18 +145,34 @@ def analyse(ctx: AnalysisContext) -> list[dict]:
     rows = []
     for index, (unit, size) in enumerate(zip(units.names, units.sizes)):
         for ratio in (float(r) for r in ctx.options.ratios):
-            pruned = copy.deepcopy(method.model)
-            removed = units.prune(pruned, index, ratio)
-            value = ctx.evaluate(pruned)[metric]
+            with scope_copied(method.model, units.scopes[index]) as pruned:
+                removed = units.prune(pruned, index, ratio)
+                value = ctx.evaluate(pruned)[metric]
+                params_removed = params - sum(p.numel() for p in pruned.parameters())
             rows.append({
-                "unit": unit, "ratio": ratio, "units_total": size, "units_removed": removed,
-                "params_removed": params - sum(p.numel() for p in pruned.parameters()),
+                "unit": unit, "ratio": ratio, "units_total": size, "units_removed": removed, "params_removed": params_removed,
                 "metric": metric, "dense": dense[metric], "value": value, "delta": value - dense[metric],
                 "drop": sign * (dense[metric] - value),
             })
             log.info("sensitivity %s ratio %.2f: %s %.4f (dense %.4f)", unit, ratio, metric, value, dense[metric])
-            del pruned
     return rows
+
+
+@contextmanager
+def scope_copied(model: nn.Module, scope: str) -> Iterator[nn.Module]:
+    """A model whose submodule ``scope`` is a copy (to prune), then ``model`` exactly as it was: its own
+    submodule back, its config's values restored. ``scope`` "": a copy of the whole model."""
+    if not scope:
+        yield copy.deepcopy(model)
+        return
+    original, config = model.get_submodule(scope), copy.deepcopy(vars(model.config))
+    model.set_submodule(scope, copy.deepcopy(original))
+    try:
+        yield model
+    finally:
+        model.set_submodule(scope, original)
+        vars(model.config).clear()
+        vars(model.config).update(config)
 
 
 def plot(rows: list[dict], path: Path) -> bool:

@@ -36,16 +36,21 @@ RETRY_DAMPING = 0.01  # the first retry of an undamped (percdamp=0) Hessian; the
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, layer: str, warnings: list) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp * I)^-1``, raising the damping until it factors."""
+    """Upper Cholesky factor of ``(H + damp * I)^-1``, raising the damping until it factors.
+
+    ``hessian`` is overwritten (its diagonal damped), and each intermediate factor is freed as soon as
+    the next exists: at most three n x n matrices at a time."""
     diagonal = torch.arange(hessian.shape[0], device=hessian.device)
-    mean_diag = torch.mean(torch.diag(hessian))
+    undamped = torch.diag(hessian)  # a copy
+    mean_diag = torch.mean(undamped)
     for attempt in range(MAX_DAMPING_RETRIES):
-        damped = hessian.clone()
-        damped[diagonal, diagonal] += percdamp * mean_diag
-        factor, info = torch.linalg.cholesky_ex(damped)
+        hessian[diagonal, diagonal] = undamped + percdamp * mean_diag
+        factor, info = torch.linalg.cholesky_ex(hessian)
         if info == 0:
             inverse = torch.cholesky_inverse(factor)
+            del factor
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if info == 0:
                 return upper
         raised = percdamp * 10 if percdamp > 0 else RETRY_DAMPING
@@ -80,6 +85,7 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     H[dead, dead] = 1
     W[:, dead] = 0
     U = inverse_hessian_factor(H, percdamp, layer, warnings if warnings is not None else [])
+    del H
     if nm is not None:
         check_nm_fits(W.shape[1], nm, layer)
         blocksize = max(nm[1], blocksize // nm[1] * nm[1])  # N:M groups never straddle blocks

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from prunecli.environment import release_freed_memory
 from prunecli.errors import PruneError
 from prunecli.models.layout import blocks_of
 from prunecli.outputs import replaced_atomically, write_atomic
@@ -94,6 +95,8 @@ class Offload:
         finally:
             for handle in handles:
                 handle.remove()
+            for onloaded in active.values():  # a forward that raised inside a block: drop that block too
+                onloaded.__exit__(None, None, None)
 
     def parts(self) -> Iterator[list[nn.Module]]:
         """Each part of the model in turn, onloaded (the outer part, then every block): for reading all
@@ -248,6 +251,7 @@ class DiskOffload(Offload):
                     tensor = owner._buffers[attr]
                     owner._buffers[attr] = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
             shared.clear()
+            release_freed_memory()
 
     def slots(self, module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
         """(full name, owning module, attribute) of every tensor of ``module`` the checkpoint holds."""
