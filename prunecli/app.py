@@ -155,6 +155,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
     results = records.result_table_rows(metrics)
     console.console.print(console.table("results", results))
     log.info("results: %s", "  ".join(f"{key}={value}" for key, value in results))  # prune.log holds them too
+    for note in records.latency_notes(metrics):
+        console.console.print(note)
+        log.warning("%s", note)
     if "zeroshot" in metrics:
         rows = records.zeroshot_table_rows(metrics)
         console.console.print(console.table("zero-shot accuracy (lm-evaluation-harness)", rows, list(rows[0])))

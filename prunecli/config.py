@@ -21,6 +21,22 @@ def short_hash(text: str) -> str:
 OmegaConf.register_new_resolver("short_hash", short_hash, replace=True)
 
 
+def pruning_label(method: str, sparsity: float, pattern: str | None) -> str:
+    """The run directory's method part: ``wanda_0.5``, ``wanda_2-4`` (N:M: its pattern), ``dense`` (a method
+    that prunes nothing has no sparsity)."""
+    from prunecli.methods import METHODS
+
+    if method not in METHODS.names() or not METHODS.get(method).prunes:
+        return str(method)
+    if pattern and pattern != "unstructured":
+        return f"{method}_{str(pattern).replace(':', '-')}"
+    return f"{method}_{sparsity}"
+
+
+# ${pruning_label:${hydra:runtime.choices.method},${sparsity},${pattern}} in the run directory names (same file)
+OmegaConf.register_new_resolver("pruning_label", pruning_label, replace=True)
+
+
 def config_dir() -> Path:
     """``<repo>/configs`` in a checkout (editable installs), ``prunecli/configs`` once installed."""
     source_tree = PACKAGE_DIR.parent / "configs"

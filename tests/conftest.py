@@ -14,6 +14,9 @@ import torch
 from prunecli.models.tiny import build_tiny
 
 REPO = Path(__file__).resolve().parents[1]
+# Every run evaluates its own dense baseline (in-process runs and the CLI alike): tests that compare
+# figures across runs must compare computed ones; tests of the cache set baseline_cache themselves.
+os.environ["PRUNECLI_BASELINE_CACHE"] = "null"
 PROTOCOL = REPO.parent / "shared" / "protocol"
 
 TINY_CONFIGS = {

@@ -417,6 +417,28 @@ def test_cli_backends_run_writes_latency_csv(tmp_path, corpus):
     assert "semi_structured,prefill,skipped: 2:4" in (run_dir / "latency.csv").read_text()
 
 
+def test_a_spread_too_wide_to_trust_is_flagged_not_printed_clean():
+    steady, busy = timing.summarize([1.0, 1.01, 0.99, 1.0, 1.02]), timing.summarize([1.0, 3.0, 1.0, 0.5, 2.5])
+    assert timing.trust(steady) == "ok" and timing.spread(steady) == pytest.approx(0.03)
+    assert timing.spread(busy) == pytest.approx(2.5) and timing.trust(busy).startswith("noisy: p90-min is 2.50 of the median")
+
+
+@pytest.mark.parametrize("unpruned", [False, True])
+def test_latency_without_a_same_run_reference_says_so(tmp_path, corpus, unpruned):
+    args = ["model=tiny_llama", "data.seqlen=32", "data.max_eval_tokens=256", "data/eval=text_file", f"data.eval.path={corpus}",
+            "method=magnitude", "benchmark=quick", "benchmark.seqlen=16", "benchmark.repeats=3", "benchmark.warmup=1",
+            f"benchmark.unpruned={str(unpruned).lower()}"]
+    result = run_prune("run", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["latency_reference"] == ("unpruned" if unpruned else "none")
+    assert ("has no same-run reference" in result.stdout) is not unpruned
+    assert (metrics["prefill_trust"] == "ok") == ("noisy" not in result.stdout)  # a noisy figure is flagged on the console
+    rows = list(csv.DictReader((run_dir / "latency.csv").open()))
+    assert all(row["trust"] in ("ok",) or row["trust"].startswith("noisy") for row in rows if row["status"] == "ok")
+
+
 def test_a_backend_that_raises_is_reported_failed_and_the_others_still_run():
     from prunecli.benchmark.model_bench import probe
 

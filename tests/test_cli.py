@@ -224,3 +224,52 @@ def test_console_and_log_say_only_what_the_run_did(tmp_path, corpus):
     assert format_value(float("nan")) == ""  # a missing figure is blank, as in report.md
     wanda = run_prune("run", *tiny_cli_args(corpus), "method=wanda", cwd=tmp_path)
     assert "nsamples=4" in wanda.stdout.split("results")[0]
+
+
+def test_piped_output_prints_the_run_directory_on_one_line(tmp_path, corpus):
+    run_dir = tmp_path / ("a_folder_name_longer_than_any_terminal_line_" * 3) / "tiny_llama_magnitude_0.5"
+    result = run_prune("run", *tiny_args(corpus), "method=magnitude", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"run directory: {run_dir}" in result.stdout.splitlines()
+
+
+def test_a_narrow_terminal_cuts_text_cells_never_figures_and_keeps_a_path_whole():
+    from prunecli.console import make_console, table
+
+    terminal, path = make_console(True, width=40), "/outputs/runs/" + "x" * 60 + "_magnitude_0.5"
+    rows = [{"model": "smollm2_135m_instruct_fp32", "method": "magnitude", "ppl": 412.2, "ppl_dense": 22.83, "prune_s": 1234.5}]
+    with terminal.capture() as captured:
+        terminal.print(f"run directory: {path}")
+        terminal.print(table("runs", rows, ["model", "method", "ppl", "ppl_dense", "prune_s"], width=terminal.width))
+    lines = captured.get().splitlines()
+    assert lines[0] == f"run directory: {path}"  # one line, however narrow the terminal
+    top = next(i for i, line in enumerate(lines) if line.startswith("┏"))
+    title, rendered = " ".join(line.strip() for line in lines[1:top]), lines[top:]
+    assert title == "runs (3 of 5 columns fit the terminal; the report files have all)"
+    assert all(len(line) <= 40 for line in rendered) and len(rendered) == 5  # 3 rules, header, one row: no cell split over lines
+    assert "│ smollm2_135m_in… │ magnitude │ 412.2 │" in rendered  # text cut with an ellipsis, the figure whole
+    piped = make_console(False)
+    with piped.capture() as captured:
+        piped.print(table("runs", rows, ["model", "method", "ppl", "ppl_dense", "prune_s"], width=piped.width))
+    assert "│ smollm2_135m_instruct_fp32 │ magnitude │ 412.2 │ 22.83     │ 1234    │" in captured.get().splitlines()  # piped: all, whole
+
+
+def test_a_reloaded_pruned_model_is_recorded_as_what_produced_it(tmp_path, corpus):
+    pruned = run_prune("run", *tiny_args(corpus), "method=wanda", "pattern=2:4", "save_model=true", cwd=tmp_path)
+    assert pruned.returncode == 0, pruned.stderr[-2000:]
+    (source,) = run_dirs(tmp_path)
+    assert source.name.endswith("_tiny_llama_wanda_2-4")  # the pattern names the folder, not a sparsity it ignores
+    produced = pd.read_csv(source / "results.csv").iloc[0]
+    saved = json.loads((source / "model" / "config.json").read_text())["prunecli_provenance"]
+    assert (saved["method"], saved["pattern"], saved["run_id"], saved["model"]) == ("wanda", "2:4", produced["run_id"], "tiny_llama")
+
+    again = tmp_path / "again"
+    again.mkdir()
+    reloaded = run_prune("run", *tiny_args(corpus), "model=hf", f"model.name_or_path={source / 'model'}", "method=dense", cwd=again)
+    assert reloaded.returncode == 0, reloaded.stderr[-2000:]
+    (run,) = run_dirs(again)
+    assert run.name.endswith("_hf_dense")  # no sparsity for a method that prunes nothing
+    row = pd.read_csv(run / "results.csv").iloc[0]
+    assert (row["model"], row["method"], row["pattern"], row["sparsity_target"]) == ("tiny_llama", "wanda", "2:4", 0.5)
+    assert row["pruned_from"] == produced["run_id"] and row["ppl"] == produced["ppl"]  # the same model, the same score
+    assert "pruned by" in reloaded.stdout and "prunes nothing" in reloaded.stdout

@@ -469,7 +469,7 @@ def test_cli_small_cnn_filters_run_trains_caches_prunes_and_reports_accuracy(tmp
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["accuracy_dense"] <= 1 and metrics["eval_samples"] == 200
     assert metrics["params_removed"] == n_params(SmallCNN()) - n_params(SmallCNN(widths=(8, 16, 20)))
     assert metrics["structured"]["filters_removed"] == 8 + 16 + 20 + 20 and metrics["prefill_ms"] > 0
-    assert "stem.0,8x9," in (run_dir / "layers.csv").read_text()
+    assert "stem.0,16x9,8x9," in (run_dir / "layers.csv").read_text()
     assert len(list((tmp_path / "cache" / "vision").glob("small_cnn-*.safetensors"))) == 1
     reloaded = SmallCNN().eval()
     load_state_resized(reloaded, read_checkpoint(str(run_dir / "model" / "model.safetensors")))

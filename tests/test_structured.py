@@ -405,7 +405,7 @@ def test_cli_ffn_run_reports_the_shrunk_model_and_saves_a_reloadable_one(tmp_pat
     run_dir, metrics = finished_run(result, tmp_path)
     assert metrics["params_removed"] == 2 * 64 * 3 * 64  # 64 neurons x (gate row + up row + down column) x 2 blocks
     assert metrics["params_removed_frac"] == pytest.approx(metrics["params_removed"] / (metrics["params_total"] + metrics["params_removed"]))
-    assert "model.layers.0.mlp.down_proj,64x64," in (run_dir / "layers.csv").read_text()
+    assert "model.layers.0.mlp.down_proj,64x128,64x64," in (run_dir / "layers.csv").read_text()
     row = next(csv.DictReader((run_dir / "results.csv").open()))  # criterion columns for prune report
     assert (row["criterion"], row["gqa"], row["bias_compensation"]) == ("l2", "", "False")
     again = run_prune("run", *args, "model=hf", f"model.name_or_path={run_dir / 'model'}", "method=dense", cwd=tmp_path)
@@ -460,3 +460,13 @@ def test_structured_methods_calibrate_on_fewer_windows_by_default(method, expect
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         assert compose("run", overrides=[f"method={method}"]).data.nsamples == expected
         assert compose("run", overrides=[f"method={method}", "data.nsamples=16"]).data.nsamples == 16  # the user's count wins
+
+
+def test_a_structured_run_says_what_it_removed_not_its_zeros(tmp_path, corpus):
+    result = run_prune("run", *tiny_cli_args(corpus), "method=ffn", "sparsity=0.25", cwd=tmp_path)
+    run_dir, metrics = finished_run(result, tmp_path)
+    assert "removes 0.25 of its units (structured" in result.stdout and "pattern=unstructured" not in result.stdout
+    assert "structure removed" in result.stdout and "64 of 256 ffn units; kept per layer 2x96 of 2x128" in result.stdout
+    rows = list(csv.DictReader((run_dir / "layers.csv").open()))
+    down = [r for r in rows if r["name"].endswith("down_proj")]
+    assert [(r["shape_before"], r["shape"]) for r in down] == [("64x128", "64x96")] * 2  # (out, in): 32 of 128 neurons gone

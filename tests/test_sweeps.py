@@ -82,3 +82,23 @@ def test_rerun_into_the_same_sweep_dir_never_overwrites_a_finished_job(tmp_path,
     assert other.returncode == 0, other.stderr[-2000:]
     after = {p.parent.name: p.read_text() for p in sweep.rglob("metrics.json")}
     assert len(after) == 4 and all(after[name] == text for name, text in first.items())
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_a_sweep_of_four_jobs_evaluates_the_dense_baseline_once(tmp_path, corpus, launcher):
+    if launcher == "local_parallel":  # jobs at once: the first computes, the others wait on its lock
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra (hydra-submitit-launcher)")
+    cache = tmp_path / "baselines"
+    chosen = [] if launcher == "basic" else [f"hydra/launcher={launcher}"]  # basic: Hydra's default, one job after another
+    result = run_prune("run", "-m", *tiny_args(corpus), *SWEEP[:-1], f"baseline_cache={cache}", *chosen,
+                       "hydra.sweep.dir=outputs/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [path.read_text() for path in sorted((tmp_path / "outputs/sweep").rglob("prune.log"))]
+    assert len(logs) == 4
+    assert sum(log.count("dense baseline evaluated") for log in logs) == 1
+    assert sum(log.count(f"dense baseline read from the cache in {cache}") for log in logs) == 3
+    runs = records(tmp_path / "outputs/sweep")
+    assert sorted(r["baseline_cached"] for r in runs) == [False, True, True, True]
+    assert len({r["ppl_dense"] for r in runs}) == 1 and len(list(cache.glob("*.json"))) == 1
+    other = run_prune("run", *tiny_args(corpus), "method=magnitude", "data.max_eval_tokens=128", f"baseline_cache={cache}", cwd=tmp_path)
+    assert other.returncode == 0 and len(list(cache.glob("*.json"))) == 2  # another eval budget: another baseline

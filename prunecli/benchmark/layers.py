@@ -129,7 +129,7 @@ def benchmark_layers(ctx: BenchmarkContext) -> dict:
                     except BackendSkipped as reason:  # e.g. a shape the 2:4 kernels refuse
                         failed[kernel] = f"skipped: {reason}"
                 calls = {name: (lambda w=w, fn=multiply[name]: timed(lambda: fn(x, w), device)) for name, w in formats.items()}
-                times = interleaved(calls, options.warmup, options.repeats)
+                times = interleaved(calls, options.warmup, options.repeats, desc=f"benchmark layers: {len(calls)} candidate(s)")
                 row = {"shape": f"{out_features}x{in_features}", "layers": info["layers"], "phase": phase, "tokens": tokens,
                        "sparsity": sparsity, "model_sparsity": sparsity == round(info["sparsity"], 4),
                        "intensity_dense": intensity(tokens, out_features, in_features, settings.dtype),

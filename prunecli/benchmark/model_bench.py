@@ -26,17 +26,18 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from prunecli.benchmark import Benchmark, BenchmarkContext, ModelBenchOptions, register
 from prunecli.benchmark.backends import BackendSettings, BackendSkipped, SparseLinear, backend_settings, build
 from prunecli.benchmark.flops import block_nonzeros, count_flops, half_of_24, nonzeros
 from prunecli.benchmark.sizes import disk_bytes, model_bytes
-from prunecli.benchmark.timing import interleaved, paired_speedup, peak_memory, summarize, timed
+from prunecli.benchmark.timing import interleaved, paired_speedup, peak_memory, spread, summarize, timed, trust
 from prunecli.errors import PruneError
 from prunecli.outputs import write_csv
 
 LATENCY_COLUMNS = [
-    "backend", "phase", "status", "reference", "batch_size", "tokens", "median_ms", "p90_ms", "min_ms", "std_ms", "repeats",
+    "backend", "phase", "status", "reference", "batch_size", "tokens", "median_ms", "p90_ms", "min_ms", "std_ms", "repeats", "spread", "trust",
     "tokens_per_s", "speedup", "flops", "theoretical_speedup", "efficiency", "max_abs_diff", "model_mb", "activation_mb",
     "sparse_layers",
 ]
@@ -85,7 +86,7 @@ def build_candidates(ctx: BenchmarkContext, settings: BackendSettings, inputs: t
     left_out: dict[str, str] = {}
     if ctx.unpruned is not None:
         candidates["unpruned"] = torch.compile(ctx.unpruned) if options.compile else ctx.unpruned
-    for name in options.backends:
+    for name in tqdm(options.backends, desc="benchmark: building backends", unit="backend", leave=False):
         try:
             candidates[name] = build(name, ctx.loaded.model, settings, options.compile).eval()
         except BackendSkipped as reason:
@@ -183,7 +184,7 @@ def measure(ctx: BenchmarkContext, candidates: dict[str, nn.Module], inputs: tup
             per, tokens = options.decode_tokens, prompt.shape[0]  # per step: one token per sequence
         failed = probe(calls, keep=reference)
         rows += [{"backend": name, "phase": phase, "status": status} for name, status in failed.items()]
-        times = interleaved(calls, options.warmup, options.repeats)
+        times = interleaved(calls, options.warmup, options.repeats, desc=f"benchmark {phase}: {len(calls)} backend(s)")
         for name, model in candidates.items():
             if name in failed:
                 continue
@@ -192,14 +193,16 @@ def measure(ctx: BenchmarkContext, candidates: dict[str, nn.Module], inputs: tup
             theory = flops[reference] / flops[name] if phase == "prefill" and flops else None
             rows.append({
                 "backend": name, "phase": phase, "status": "ok", "reference": reference, "batch_size": options.batch_size,
-                "tokens": tokens * per, **stats,
+                "tokens": tokens * per, **stats, "spread": spread(stats), "trust": trust(stats),
                 "tokens_per_s": tokens / (stats["median_ms"] / 1e3), "speedup": speedup,
                 "flops": flops.get(name) if phase == "prefill" else None, "theoretical_speedup": theory,
                 "efficiency": speedup / theory if theory else None, "max_abs_diff": diffs.get(name),
                 "model_mb": model_bytes(model) / MB, "activation_mb": memory[name], "sparse_layers": len(sparse_layouts(model)),
             })
-        own = summarize(times.get("dense") or times[reference], per)["median_ms"]  # the pruned model as it is
-        metrics |= {f"{phase}_ms": own, f"{phase}_tokens_per_s": tokens / (own / 1e3), f"{phase}_repeats": options.repeats}
+        own_stats = summarize(times.get("dense") or times[reference], per)  # the pruned model as it is
+        own = own_stats["median_ms"]
+        metrics |= {f"{phase}_ms": own, f"{phase}_tokens_per_s": tokens / (own / 1e3), f"{phase}_repeats": options.repeats,
+                    f"{phase}_spread": spread(own_stats), f"{phase}_trust": trust(own_stats)}
         if reference == "unpruned" and "dense" in times:
             metrics[f"{phase}_speedup"] = paired_speedup(times["unpruned"], times["dense"])
     if flops:
@@ -207,6 +210,7 @@ def measure(ctx: BenchmarkContext, candidates: dict[str, nn.Module], inputs: tup
         if reference == "unpruned":
             metrics["flops_unpruned"] = flops["unpruned"]
             metrics["flops_ratio"] = flops["unpruned"] / metrics["flops"]
+    metrics["latency_reference"] = reference if reference == "unpruned" else "none"  # no unpruned model timed beside it
     metrics["model_mb"] = model_bytes(loaded.model) / MB
     formats = list(options.disk_formats)
     if formats:

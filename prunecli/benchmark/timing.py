@@ -43,16 +43,24 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start_s
 
 
-def interleaved(calls: dict[str, TimedCall], warmup: int, repeats: int) -> dict[str, list[float]]:
+def interleaved(calls: dict[str, TimedCall], warmup: int, repeats: int, desc: str | None = None) -> dict[str, list[float]]:
     """``repeats`` rounds, each running every call once, after ``warmup`` untimed rounds. Odd rounds
-    run the calls in reverse order (A B, B A, ...), so no call always comes first or last in a round."""
+    run the calls in reverse order (A B, B A, ...), so no call always comes first or last in a round.
+    With ``desc``, a progress bar over every call (warm-up included) with its time estimate."""
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=(warmup + repeats) * len(calls), desc=desc, unit="call", disable=desc is None, leave=False)
     for _ in range(warmup):
         for call in calls.values():
             call()
+            progress.update()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(repeats):
+        progress.set_postfix_str(f"round {round_ + 1}/{repeats}")
         for name in (list(calls) if round_ % 2 == 0 else reversed(list(calls))):
             times[name].append(calls[name]())
+            progress.update()
+    progress.close()
     return times
 
 
@@ -67,6 +75,20 @@ def summarize(times: list[float], per: int = 1) -> dict:
         "std_ms": (statistics.stdev(ordered) if len(ordered) > 1 else 0.0) * 1e3,
         "repeats": len(ordered),
     }
+
+
+NOISY_SPREAD = 0.25  # (p90 - min) / median above this: the rounds disagree too much for the median to be trusted
+
+
+def spread(stats: dict) -> float:
+    """``(p90 - min) / median`` of :func:`summarize`'s figures: how far the rounds stray from one another."""
+    return (stats["p90_ms"] - stats["min_ms"]) / stats["median_ms"] if stats["median_ms"] > 0 else 0.0
+
+
+def trust(stats: dict) -> str:
+    """``ok``, or ``noisy: ...`` naming the spread, for a latency row (:data:`NOISY_SPREAD`)."""
+    wide = spread(stats)
+    return "ok" if wide <= NOISY_SPREAD else f"noisy: p90-min is {wide:.2f} of the median (> {NOISY_SPREAD}); the machine was busy or the rounds too few"
 
 
 def paired_speedup(reference: list[float], candidate: list[float]) -> float:

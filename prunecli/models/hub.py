@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,30 @@ def checked_name(options: HubModelOptions) -> str:
     if looks_like_path(name) and not Path(name).expanduser().exists():
         raise PruneError(f"model path {name!r} does not exist")
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+PROVENANCE_KEY = "prunecli_provenance"  # config.json of a model prunecli saved: what produced it (method, pattern, sparsity, run id)
+
+
+def provenance_of(name_or_path: str) -> dict | None:
+    """What pruned the model in local folder ``name_or_path`` (its config's :data:`PROVENANCE_KEY`), or None."""
+    config = Path(str(name_or_path)).expanduser() / "config.json"
+    try:
+        found = json.loads(config.read_text()).get(PROVENANCE_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def short_name(name_or_path: str) -> str:
+    """The model's name in records: a hub id as it is; a local folder by what prunecli saved in it
+    (its source model's name) or by its own folder name -- never the whole path."""
+    if not looks_like_path(str(name_or_path)):
+        return str(name_or_path)
+    provenance = provenance_of(name_or_path)
+    if provenance and provenance.get("model"):
+        return str(provenance["model"])
+    return Path(str(name_or_path)).expanduser().resolve().name
 
 
 def hf_checkpoint(options: HubModelOptions, scratch: Path) -> tuple[Path, str]:
