@@ -16,4 +16,4 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 clean:
-	rm -rf outputs/runs outputs/sweeps .pytest_cache
+	rm -rf outputs/runs outputs/sweeps outputs/.baselines .pytest_cache

@@ -7,8 +7,8 @@ later run with the same key. The key is a SHA-256 over what the scores depend on
 * the ``model`` node (source, name or path, revision, config, dtype, device, offload mode --
   not the offload folder) and the run's ``seed`` (a tiny model is built from it);
 * for a local model folder, the name, size and modification time of each of its files;
-* the ``eval`` node (the evaluators and their options) and the eval data: ``data.eval``,
-  ``data.seqlen``, ``data.max_eval_tokens``, ``data.seed``;
+* the ``eval`` node (the evaluators and their options) and the eval data: ``data.eval`` (and a
+  text file's size and modification time), ``data.seqlen``, ``data.max_eval_tokens``, ``data.seed``;
 * the versions of prunecli, torch and transformers.
 
 Jobs running at once take an exclusive ``flock`` on ``<key>.lock``: the first computes and
@@ -48,10 +48,18 @@ def baseline_key(cfg: DictConfig, device: str) -> str:
         "model": model, "device": device, "seed": cfg.get("seed"), "files": folder_fingerprint(model.get("name_or_path")),
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
         "data": {"eval": OmegaConf.to_container(data.eval, resolve=True), "seqlen": data.seqlen,
-                 "max_eval_tokens": data.max_eval_tokens, "seed": data.seed},
+                 "max_eval_tokens": data.max_eval_tokens, "seed": data.seed, "file": file_fingerprint(data.eval.get("path"))},
         "versions": [__version__, torch.__version__, transformers.__version__],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: Any) -> list | None:
+    """(size, mtime) of a text file the eval data is read from; None without one."""
+    if not path or not Path(str(path)).expanduser().is_file():
+        return None
+    stat = Path(str(path)).expanduser().stat()
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def folder_fingerprint(name_or_path: Any) -> list | None:
