@@ -156,8 +156,7 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
     console.console.print(console.table("results", results))
     log.info("results: %s", "  ".join(f"{key}={value}" for key, value in results))  # prune.log holds them too
     for note in records.latency_notes(metrics):
-        console.console.print(note)
-        log.warning("%s", note)
+        log.warning("%s", note)  # on the console and in prune.log
     if "zeroshot" in metrics:
         rows = records.zeroshot_table_rows(metrics)
         console.console.print(console.table("zero-shot accuracy (lm-evaluation-harness)", rows, list(rows[0])))

@@ -35,6 +35,7 @@ from prunecli.methods import update as updates
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models import LoadedModel, ModelOptions, load_model, parse_model
 from prunecli.evaluate.baseline import baseline_key, cached_scores
+from prunecli.methods.floor import floor
 from prunecli.models.hub import PROVENANCE_KEY
 from prunecli.outputs import write_csv
 from prunecli.sparsity import layer_shapes, sparsity_summary
@@ -295,6 +296,11 @@ def execute_stages(prepared: Prepared, run_dir: Path, overrides: list[str]) -> t
         stage_peak_mb=stages.peak_mb,
         environment=environment(loaded.device),
     )
+    passes = [entry for entry in record["calibration"].values() if isinstance(entry, dict) and entry.get("flops")]
+    if passes and checked.oneshot:  # the layer-wise passes' compute floor on this machine (methods/floor.py)
+        shapes = {tuple(shape) for entry in passes for shape in entry["shapes"]}
+        metrics["floor"] = floor(sum(entry["flops"] for entry in passes), shapes, metrics["prune_s"], loaded.device)
+        metrics["prune_over_floor"] = metrics["floor"]["prune_over_floor"]
     return record | metrics | {"status": "completed"}, layer_rows
 
 

@@ -42,7 +42,7 @@ RESULTS: list[tuple[str, tuple[str, ...]]] = [
     ("decode_ms", ("summary",)), ("decode_tokens_per_s", ()), ("decode_speedup", ("summary",)),
     ("latency_reference", ()), ("prefill_spread", ()), ("prefill_trust", ()), ("decode_spread", ()), ("decode_trust", ()),
     ("flops", ()), ("flops_ratio", ("summary",)), ("model_mb", ()), ("disk_mb_dense", ()), ("disk_mb_csr", ()), ("disk_mb_bitmask", ()),
-    ("prune_s", ("summary", "report")), ("eval_s", ("summary", "report")), ("total_s", ()), ("peak_memory_mb", ("summary",)),
+    ("prune_s", ("summary", "report")), ("prune_over_floor", ("summary",)), ("eval_s", ("summary", "report")), ("total_s", ()), ("peak_memory_mb", ("summary",)),
     ("error", ()), ("run_dir", ()),
 ]
 RESULT_COLUMNS = [column for column, _ in RESULTS]

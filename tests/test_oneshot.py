@@ -13,7 +13,7 @@ from prunecli.methods.masks import layerwise_mask, prune_count, rowwise_mask
 from prunecli.methods.sparsegpt import sparsegpt_layer
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models.layout import blocks_of
-from tests.conftest import tiny_model
+from tests.conftest import finished_run, run_prune, tiny_cli_args, tiny_model
 
 IGNORE = ["lm_head", "embed", "wte", "wpe", "pooler"]
 
@@ -222,3 +222,24 @@ def test_owl_allocation_on_a_model():
     assert sum(ctx.stats["owl"]["block_sparsity"]) / 2 == pytest.approx(0.5)
     with pytest.raises(PruneError, match="N:M"):
         ALLOCATIONS.get("owl")(context(model, "wanda", torch.randint(0, 97, (2, 8)), nm=(2, 4)), OmegaConf.create({"owl": {"lambda": 0.1, "M": 3}}))
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_the_compute_floor_counts_the_block_passes_flops(tmp_path, corpus, method):
+    """tiny_llama (hidden 64, FFN 128, 4 heads of 16, 2 KV heads, 2 blocks), 4 windows of 32 tokens in one batch:
+    a full block forward is 2 x 128 tokens x (64*64 + 2*64*32 + 64*64 + 2*64*128 + 128*64) for the layers plus
+    4 x b h s^2 d = 4 x 4 x 4 x 32^2 x 16 for attention; the statistics pass stops before down_proj runs."""
+    block = 2 * 128 * 36864 + 4 * 4 * 4 * 32**2 * 16
+    calibrate = block - 2 * 128 * 128 * 64
+    # SparseGPT: X^T X once per distinct input (q/k/v, o, gate/up: 64 features; down: 128), and per layer
+    # (out, in) the rank-1 update of column i over the in-1-i later ones: out x in x (in-1) FLOPs (its lazy batch
+    # updates multiply nothing here: every layer has <= 128 = blocksize input columns, one column block)
+    layers = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
+    hessians = 2 * 128 * (3 * 64 * 64 + 128 * 128) + sum(o * i * (i - 1) for o, i in layers) if method == "sparsegpt" else 0
+    result = run_prune("run", *tiny_cli_args(corpus), f"method={method}", "eval=none", cwd=tmp_path)
+    _, metrics = finished_run(result, tmp_path)
+    floor = metrics["floor"]
+    assert floor["flops"] == 2 * (calibrate + hessians + block)  # two pruned blocks: statistics pass + re-run each
+    assert floor["shapes"] == [[128, 64, 32], [128, 64, 64], [128, 64, 128], [128, 128, 64]]
+    assert floor["matmul_gflops"] > 0 and floor["floor_s"] == pytest.approx(floor["flops"] / (floor["matmul_gflops"] * 1e9), rel=0.01)
+    assert metrics["prune_over_floor"] == pytest.approx(metrics["prune_s"] / floor["floor_s"]) and metrics["prune_over_floor"] > 1

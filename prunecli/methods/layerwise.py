@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -24,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunecli.errors import PruneError
+from prunecli.methods.floor import layer_shapes
 from prunecli.methods.statistics import Accumulator, InputsCollected, collect_inputs
 from prunecli.models.layout import blocks_of
 
@@ -114,30 +116,54 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     with ctx.offload.outer():
         batches = block_inputs(model, blocks[0], windows, batch_size, device)
     block_times = []
+    counted = next((i for i, layers in enumerate(grouped) if layers), None)  # its FLOPs are counted (methods/floor.py)
+    flops = {"calibrate": 0, "rerun": 0}
     for index, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
         began = time.perf_counter()
         outputs = None
         with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
             if grouped[index] and before_block is not None:
                 before_block(index, grouped[index])
-            if grouped[index] and measure_only:
-                with collect_inputs(grouped[index], make_stats) as stats:
+            with counting(index == counted, flops, "calibrate"):
+                if grouped[index] and measure_only:
+                    with collect_inputs(grouped[index], make_stats) as stats:
+                        outputs = [batch.run(block) for batch in batches]
+                    prune_block(index, grouped[index], stats)
+                elif grouped[index]:
+                    with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
+                        for batch in batches:
+                            run_until_inputs_collected(batch, block)
+                    prune_block(index, grouped[index], stats)
+            with counting(index == counted and outputs is None, flops, "rerun"):
+                if outputs is None:
                     outputs = [batch.run(block) for batch in batches]
-                prune_block(index, grouped[index], stats)
-            elif grouped[index]:
-                with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
-                    for batch in batches:
-                        run_until_inputs_collected(batch, block)
-                prune_block(index, grouped[index], stats)
-            if outputs is None:
-                outputs = [batch.run(block) for batch in batches]
         for batch, output in zip(batches, outputs):
             batch.hidden = output
         block_times.append(time.perf_counter() - began)
+    pruned_blocks = sum(1 for layers in grouped if layers)
     ctx.stats.setdefault("calibration", {})[desc] = {
         "windows": int(windows.shape[0]), "tokens": int(windows.numel()), "batch_size": batch_size,
         "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
+        # matmul FLOPs of the block passes (the counted block's, times the blocks), and the shapes they run at
+        "flops": flops["calibrate"] * pruned_blocks + flops["rerun"] * (pruned_blocks if measure_only else len(blocks)),
+        "shapes": sorted(layer_shapes(grouped[counted], min(batch_size, int(windows.shape[0])) * int(windows.shape[1])))
+                  if counted is not None else [],
     }
+
+
+@contextmanager
+def counting(active: bool, flops: dict[str, int], key: str) -> Iterator[None]:
+    """Add the FLOPs run inside to ``flops[key]`` (``torch.utils.flop_counter``); nothing when not ``active``."""
+    if not active:
+        yield
+        return
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prunecli.methods.floor import COUNTED
+
+    with FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
+        yield
+    flops[key] += counter.get_total_flops()
 
 
 def onloaded_layers(ctx: Any) -> Iterator[dict[str, nn.Module]]:

@@ -1,0 +1,85 @@
+"""The compute floor of a layer-wise pruning run: how fast could it be on this machine?
+
+``floor_s = matmul FLOPs of the run / the machine's fp32 matmul throughput at the run's shapes``.
+
+* FLOPs: the first block that is pruned is run under ``torch.utils.flop_counter`` (2 per
+  multiply-add of every ``mm`` / ``addmm(_)`` / ``bmm`` / ``addr_`` and fused attention): its
+  statistics pass (the hooks' accumulations included, e.g. SparseGPT's ``X^T X``), the method's
+  own work on it (SparseGPT's per-column and lazy batch updates; its Cholesky factors and
+  elementwise work are left out) and its re-run with the pruned weights. Blocks have one
+  shape, so the run's FLOPs are that block's times the number of pruned blocks.
+* Throughput: ``(tokens of a calibration batch) x in @ in x out`` products at each target
+  layer's shape of that block, timed on the execution device (warm-up, median of repeats); the
+  best of them -- the floor assumes every FLOP runs at the best rate this machine reached.
+
+``prune_s / floor_s`` (``metrics.json``: ``floor``) says how far the run is from that floor.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from prunecli.methods.targets import weight_matrix
+
+REPEATS = 5
+
+
+def product_flops(self: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *args, out_val=None, **kwargs) -> int:
+    """``addmm_``: ``C += A B``, one multiply-add per ``(i, k, j)``."""
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+
+def rank_one_flops(self: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *args, out_val=None, **kwargs) -> int:
+    """``addr_``: ``C += a b^T``, one multiply-add per element of ``C``."""
+    return 2 * a.shape[0] * b.shape[0]
+
+
+product_flops._get_raw = rank_one_flops._get_raw = True  # called with the tensors themselves
+
+
+def _counted() -> dict:
+    from prunecli.benchmark.flops import ATTENTION_KERNELS
+
+    aten = torch.ops.aten
+    # in-place variants, which torch's counter leaves out: the hooks' X^T X sums and SparseGPT's updates use them
+    return {**ATTENTION_KERNELS, aten.addmm_: product_flops, aten.addr_: rank_one_flops}
+
+
+COUNTED = _counted()
+
+
+def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """The best FLOP/s of ``(m x k) @ (k x n)`` over ``shapes`` (median of :data:`REPEATS` after a warm-up)."""
+    best = 0.0
+    for m, k, n in sorted(shapes):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        torch.mm(a, b)
+        times = []
+        for _ in range(REPEATS):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            began = time.perf_counter()
+            torch.mm(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - began)
+        best = max(best, 2 * m * k * n / statistics.median(times))
+    return best
+
+
+def layer_shapes(layers: dict[str, nn.Module], tokens: int) -> set[tuple[int, int, int]]:
+    """``(tokens, in, out)`` of every layer's weight: the matmuls a calibration batch runs through them."""
+    return {(tokens, weight_matrix(m).shape[1], weight_matrix(m).shape[0]) for m in layers.values()}
+
+
+def floor(pass_flops: int, shapes: set[tuple[int, int, int]], prune_s: float, device: torch.device) -> dict:
+    """``metrics.json``'s ``floor``: the counted FLOPs, the measured throughput, ``floor_s`` and ``prune_over_floor``."""
+    throughput = matmul_throughput(shapes, device)
+    floor_s = pass_flops / throughput
+    return {"flops": pass_flops, "matmul_gflops": round(throughput / 1e9, 2), "shapes": sorted(shapes),
+            "floor_s": floor_s, "prune_over_floor": prune_s / floor_s if floor_s > 0 else None}
