@@ -47,7 +47,9 @@ def timed_run(method: str, schedule: str, extra: list[str], folder: Path) -> dic
     if result.returncode != 0:
         raise SystemExit(f"{method} {schedule} failed: {result.stderr.strip().splitlines()[-1:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    floor = metrics.get("floor", {})
     return {"method": method, "schedule": schedule, "wall_s": round(wall, 2), "prune_s": round(metrics["prune_s"], 2),
+            "floor_s": round(floor.get("floor_s", float("nan")), 2), "prune_over_floor": round(floor.get("prune_over_floor", float("nan")), 3),
             "command": shlex.join(["prune", "run", *overrides[:-1]])}
 
 
