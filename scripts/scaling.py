@@ -64,7 +64,8 @@ def run(shape: str, method: str, folder: Path, args: argparse.Namespace) -> dict
     run_dir = REPO / "outputs" / "scaling" / f"{shape}_{method}"
     budget = [f"data.nsamples={args.nsamples}", f"data.seqlen={args.seqlen}", f"data.max_eval_tokens={args.eval_tokens}"]
     command = ["prune", "run", "model=hf", f"model.name_or_path={folder}", f"method={method}", "sparsity=0.5", "benchmark=none",
-               f"model.offload={args.offload}", *budget, f"hydra.run.dir={run_dir}"] + (["save_model=true"] if args.reload else [])
+               f"model.offload={args.offload}", *budget, "baseline_cache=null",  # every run scores its dense model (its memory counts)
+               f"hydra.run.dir={run_dir}"] + (["save_model=true"] if args.reload else [])
     for folder_of_run in (run_dir, run_dir.with_name(run_dir.name + "_reloaded")):  # this script's own earlier rows: measured anew
         shutil.rmtree(folder_of_run, ignore_errors=True)
     prune(command, f"{shape} {method}")
