@@ -80,7 +80,7 @@ def base_record(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     return {
         "run_id": run_id(cfg),
         "status": "failed",
-        "model": model_name(cfg),
+        "model": model_name(cfg, source),
         "method": produced.get("method", cfg.method.name),
         "finetune": finetune.kind_of(cfg),
         "schedule": choice_of(cfg, "schedule", "oneshot"),
@@ -104,10 +104,11 @@ def model_provenance(cfg: DictConfig) -> dict | None:
     return provenance_of(cfg.model.name_or_path) if cfg.model.source == "hf" else None
 
 
-def model_name(cfg: DictConfig) -> str:
-    """``model.name``; for ``model=hf`` left at its default (the path), a short name (:func:`short_name`)."""
+def model_name(cfg: DictConfig, source: dict | None) -> str:
+    """``model.name``; for ``model=hf`` left at its default (the path), a short one: the source model's
+    name a prunecli-saved folder records (``source``: its :func:`model_provenance`), else :func:`short_name`."""
     if cfg.model.source == "hf" and cfg.model.name == cfg.model.name_or_path:
-        return short_name(cfg.model.name_or_path)
+        return str(source["model"]) if source and source.get("model") else short_name(cfg.model.name_or_path)
     return str(cfg.model.name)
 
 
@@ -149,8 +150,8 @@ def header_rows(cfg: DictConfig, schedule: schedules.ScheduleOptions, calibrated
     """The resolved key settings (``schedule``: the run's, typed), shown before the run starts; the
     calibration line only for a run that draws calibration data (``calibrated``)."""
     data, update = cfg.data, choice_of(cfg, "update")
-    rows = [("model", f"{model_name(cfg)} ({cfg.model.dtype}, device={cfg.model.device})")]
     source = model_provenance(cfg)
+    rows = [("model", f"{model_name(cfg, source)} ({cfg.model.dtype}, device={cfg.model.device})")]
     if source:
         rows.append(("pruned by", f"{source.get('method')}  pattern={source.get('pattern')}  sparsity={source.get('sparsity_target')}"
                                   f"  (run {source.get('run_id')}, sparsity_actual={source.get('sparsity_actual')})"))

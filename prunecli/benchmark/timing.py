@@ -8,8 +8,6 @@ and a synchronisation; on CPU with ``time.perf_counter``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import statistics
 import threading
@@ -18,6 +16,8 @@ from contextlib import contextmanager
 from typing import Callable
 
 import torch
+
+from prunecli.environment import release_freed_memory
 
 # A timed call runs once and returns its own duration in seconds (so it can do untimed setup first).
 TimedCall = Callable[[], float]
@@ -102,21 +102,12 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def release_free_memory() -> None:
-    """Hand memory that the C allocator keeps after ``free`` back to the OS (glibc ``malloc_trim``),
-    so that RSS growth measures what the next block allocates rather than what was cached."""
-    name = ctypes.util.find_library("c")
-    if name:
-        trim = getattr(ctypes.CDLL(name), "malloc_trim", None)
-        if trim is not None:
-            trim(0)
-
-
 @contextmanager
 def peak_memory(device: torch.device, interval_s: float = 0.001):
     """Yield a dict that gets ``peak_bytes`` when the block ends: the most memory the block used on
     top of what was in use before it (CUDA: ``max_memory_allocated``; CPU: RSS sampled every
-    ``interval_s`` after :func:`release_free_memory`).
+    ``interval_s`` after :func:`~prunecli.environment.release_freed_memory`, so that RSS growth
+    measures what the block allocates rather than what the allocator had cached).
 
     Sampling runs a thread, so never wrap a timed call with it."""
     result: dict[str, int] = {}
@@ -128,7 +119,7 @@ def peak_memory(device: torch.device, interval_s: float = 0.001):
         synchronize(device)
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - before
         return
-    release_free_memory()
+    release_freed_memory()
     before = rss_bytes()
     peak = [before]
     done = threading.Event()

@@ -18,11 +18,14 @@
 from __future__ import annotations
 
 import statistics
-import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from prunecli.benchmark.timing import timed
 from prunecli.methods.targets import weight_matrix
 
 REPEATS = 5
@@ -53,26 +56,31 @@ COUNTED = _counted()
 
 
 def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """The best FLOP/s of ``(m x k) @ (k x n)`` over ``shapes`` (median of :data:`REPEATS` after a warm-up)."""
+    """The best FLOP/s of ``(m x k) @ (k x n)`` over ``shapes`` (median of :data:`REPEATS` after a warm-up,
+    each product timed and synchronised by :func:`~prunecli.benchmark.timing.timed`)."""
     best = 0.0
     for m, k, n in sorted(shapes):
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        torch.mm(a, b)
-        times = []
-        for _ in range(REPEATS):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            began = time.perf_counter()
-            torch.mm(a, b)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - began)
-        best = max(best, 2 * m * k * n / statistics.median(times))
+        timed(lambda: torch.mm(a, b), device)
+        seconds = statistics.median(timed(lambda: torch.mm(a, b), device) for _ in range(REPEATS))
+        best = max(best, 2 * m * k * n / seconds)
     return best
 
 
-def layer_shapes(layers: dict[str, nn.Module], tokens: int) -> set[tuple[int, int, int]]:
+@contextmanager
+def counting(active: bool, flops: dict[str, int], key: str) -> Iterator[None]:
+    """Add the FLOPs run inside (the :data:`COUNTED` rules over ``torch.utils.flop_counter``'s) to
+    ``flops[key]``; nothing when not ``active``."""
+    if not active:
+        yield
+        return
+    with FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
+        yield
+    flops[key] += counter.get_total_flops()
+
+
+def matmul_shapes(layers: dict[str, nn.Module], tokens: int) -> set[tuple[int, int, int]]:
     """``(tokens, in, out)`` of every layer's weight: the matmuls a calibration batch runs through them."""
     return {(tokens, weight_matrix(m).shape[1], weight_matrix(m).shape[0]) for m in layers.values()}
 

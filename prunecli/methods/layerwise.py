@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -25,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunecli.errors import PruneError
-from prunecli.methods.floor import layer_shapes
+from prunecli.methods.floor import counting, matmul_shapes
 from prunecli.methods.statistics import Accumulator, InputsCollected, collect_inputs
 from prunecli.models.layout import blocks_of
 
@@ -146,24 +145,9 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
         "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
         # matmul FLOPs of the block passes (the counted block's, times the blocks), and the shapes they run at
         "flops": flops["calibrate"] * pruned_blocks + flops["rerun"] * (pruned_blocks if measure_only else len(blocks)),
-        "shapes": sorted(layer_shapes(grouped[counted], min(batch_size, int(windows.shape[0])) * int(windows.shape[1])))
+        "shapes": sorted(matmul_shapes(grouped[counted], min(batch_size, int(windows.shape[0])) * int(windows.shape[1])))
                   if counted is not None else [],
     }
-
-
-@contextmanager
-def counting(active: bool, flops: dict[str, int], key: str) -> Iterator[None]:
-    """Add the FLOPs run inside to ``flops[key]`` (``torch.utils.flop_counter``); nothing when not ``active``."""
-    if not active:
-        yield
-        return
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from prunecli.methods.floor import COUNTED
-
-    with FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
-        yield
-    flops[key] += counter.get_total_flops()
 
 
 def onloaded_layers(ctx: Any) -> Iterator[dict[str, nn.Module]]:

@@ -83,13 +83,9 @@ def provenance_of(name_or_path: str) -> dict | None:
 
 
 def short_name(name_or_path: str) -> str:
-    """The model's name in records: a hub id as it is; a local folder by what prunecli saved in it
-    (its source model's name) or by its own folder name -- never the whole path."""
+    """A hub id as it is; a local folder by its own name -- never the whole path."""
     if not looks_like_path(str(name_or_path)):
         return str(name_or_path)
-    provenance = provenance_of(name_or_path)
-    if provenance and provenance.get("model"):
-        return str(provenance["model"])
     return Path(str(name_or_path)).expanduser().resolve().name
 
 
