@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from omegaconf import OmegaConf
 
 from prunecli.errors import PruneError
@@ -11,6 +12,7 @@ from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS, owl_block_sparsities
 from prunecli.methods.masks import layerwise_mask, prune_count, rowwise_mask
 from prunecli.methods.sparsegpt import sparsegpt_layer
+from prunecli.methods.statistics import Hessian, InputNorms
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models.layout import blocks_of
 from tests.conftest import finished_run, run_prune, tiny_cli_args, tiny_model
@@ -231,11 +233,15 @@ def test_the_compute_floor_counts_the_block_passes_flops(tmp_path, corpus, metho
     4 x b h s^2 d = 4 x 4 x 4 x 32^2 x 16 for attention; the statistics pass stops before down_proj runs."""
     block = 2 * 128 * 36864 + 4 * 4 * 4 * 32**2 * 16
     calibrate = block - 2 * 128 * 128 * 64
-    # SparseGPT: X^T X once per distinct input (q/k/v, o, gate/up: 64 features; down: 128), and per layer
-    # (out, in) the rank-1 update of column i over the in-1-i later ones: out x in x (in-1) FLOPs (its lazy batch
-    # updates multiply nothing here: every layer has <= 128 = blocksize input columns, one column block)
+    # SparseGPT: X^T X once per distinct input (q/k/v, o, gate/up: 64 features; down: 128), its upper triangle in
+    # 4 bands of rows (band [a, a+d/4) times columns [a, d)), and per layer (out, in) the rank-1 update of column i
+    # over the in-1-i later ones: out x in x (in-1) FLOPs (its lazy batch updates multiply nothing here: every
+    # layer has <= 128 = blocksize input columns, one column block)
+    def upper_bands(d: int) -> int:
+        return sum(d // 4 * (d - start) for start in range(0, d, d // 4))
+
     layers = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
-    hessians = 2 * 128 * (3 * 64 * 64 + 128 * 128) + sum(o * i * (i - 1) for o, i in layers) if method == "sparsegpt" else 0
+    hessians = 2 * 128 * (3 * upper_bands(64) + upper_bands(128)) + sum(o * i * (i - 1) for o, i in layers) if method == "sparsegpt" else 0
     result = run_prune("run", *tiny_cli_args(corpus), f"method={method}", "eval=none", cwd=tmp_path)
     _, metrics = finished_run(result, tmp_path)
     floor = metrics["floor"]
@@ -243,3 +249,23 @@ def test_the_compute_floor_counts_the_block_passes_flops(tmp_path, corpus, metho
     assert floor["shapes"] == [[128, 64, 32], [128, 64, 64], [128, 64, 128], [128, 128, 64]]
     assert floor["matmul_gflops"] > 0 and floor["floor_s"] == pytest.approx(floor["flops"] / (floor["matmul_gflops"] * 1e9), rel=0.01)
     assert metrics["prune_over_floor"] == pytest.approx(metrics["prune_s"] / floor["floor_s"]) and metrics["prune_over_floor"] > 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(features=st.integers(1, 23), batches=st.lists(st.integers(1, 9), min_size=1, max_size=4), seed=st.integers(0, 2**16))
+def test_input_statistics_equal_the_float64_formulas(features, batches, seed):
+    """For any width and any split of the tokens into batches: the Hessian (upper-triangle bands, mirrored)
+    is ``2/n X^T X`` and exactly symmetric; Wanda's norms are ``sqrt(sum_t x_tj^2)``."""
+    generator = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(rows, features, generator=generator) for rows in batches]
+    hessian, norms = Hessian(features, torch.device("cpu")), InputNorms(features, torch.device("cpu"))
+    for x in xs:
+        hessian.add(x)
+        norms.add(x)
+    X = torch.cat(xs).double()
+    H = hessian.hessian()
+    assert torch.equal(H, H.t())
+    torch.testing.assert_close(H.double(), 2 * X.t() @ X / X.shape[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norms.norms().double(), X.pow(2).sum(0).sqrt(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="after hessian"):
+        hessian.add(xs[0])

@@ -44,15 +44,13 @@ def rank_one_flops(self: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *args, 
 product_flops._get_raw = rank_one_flops._get_raw = True  # called with the tensors themselves
 
 
-def _counted() -> dict:
+def counted_rules() -> dict:
+    """The FLOP rules beyond torch's defaults (built on first use: ``benchmark`` imports the method registry)."""
     from prunecli.benchmark.flops import ATTENTION_KERNELS
 
     aten = torch.ops.aten
     # in-place variants, which torch's counter leaves out: the hooks' X^T X sums and SparseGPT's updates use them
     return {**ATTENTION_KERNELS, aten.addmm_: product_flops, aten.addr_: rank_one_flops}
-
-
-COUNTED = _counted()
 
 
 def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, dtype: torch.dtype = torch.float32) -> float:
@@ -70,12 +68,12 @@ def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, d
 
 @contextmanager
 def counting(active: bool, flops: dict[str, int], key: str) -> Iterator[None]:
-    """Add the FLOPs run inside (the :data:`COUNTED` rules over ``torch.utils.flop_counter``'s) to
+    """Add the FLOPs run inside (the :func:`counted_rules` over ``torch.utils.flop_counter``'s) to
     ``flops[key]``; nothing when not ``active``."""
     if not active:
         yield
         return
-    with FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
+    with FlopCounterMode(display=False, custom_mapping=counted_rules()) as counter:
         yield
     flops[key] += counter.get_total_flops()
 

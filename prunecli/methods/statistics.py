@@ -23,7 +23,8 @@ class InputNorms:
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1])
         x = x if x.dtype == torch.float64 else x.float()  # at least fp32 per batch, fp64 across batches
-        self.sum_squares += torch.linalg.vector_norm(x, dim=0).double().pow(2)
+        # sum_t x_tj^2 over rows: a plain column sum (vector_norm(dim=0) is ~10x slower on CPU)
+        self.sum_squares += x.square().sum(0).double()
         self.tokens += x.shape[0]
 
     def norms(self) -> torch.Tensor:
@@ -35,24 +36,38 @@ class Hessian:
 
     (The reference code divides by the number of windows instead of tokens; the factor
     cancels in the OBS updates and in the damping, so the pruned weights are the same.)
+    ``H`` is symmetric, so each batch adds only its upper triangle, in :data:`ROW_BLOCKS` bands
+    of rows (band ``i`` adds ``X_i^T [X_i ... X_last]``: ~(k+1)/2k of the full product's FLOPs);
+    :meth:`hessian` mirrors it into the lower triangle.
     """
+
+    ROW_BLOCKS = 4
 
     def __init__(self, features: int, device: torch.device):
         self.sum_outer = torch.zeros(features, features, dtype=torch.float32, device=device)
         self.tokens = 0
         self.scaled = False
+        step = -(-features // self.ROW_BLOCKS)
+        self.bands = [slice(start, min(start + step, features)) for start in range(0, features, step)]
 
     def add(self, x: torch.Tensor) -> None:
         if self.scaled:
             raise RuntimeError("Hessian.add after hessian(): the sum has been scaled in place")
         x = x.reshape(-1, x.shape[-1]).float()
-        self.sum_outer.addmm_(x.t(), x)
+        for band in self.bands:
+            self.sum_outer[band, band.start :].addmm_(x[:, band].t(), x[:, band.start :])
         self.tokens += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
-        """``H``, read-only: the sum scaled in place on the first call (an 8192^2 Hessian is 268 MB; no copy)."""
+        """``H``, read-only: on the first call the upper triangle is mirrored below the diagonal and the sum
+        scaled, in place (an 8192^2 Hessian is 268 MB; no second copy is kept)."""
         if not self.scaled:
-            self.sum_outer.mul_(2.0 / self.tokens)
+            upper = self.sum_outer
+            for band in self.bands:  # lower triangle := transpose of the upper, one band of columns at a time
+                square = upper[band, band]
+                square.copy_(torch.triu(square) + torch.triu(square, 1).t())
+                upper[band.stop :, band] = upper[band, band.stop :].t()
+            upper.mul_(2.0 / self.tokens)
             self.scaled = True
         return self.sum_outer
 

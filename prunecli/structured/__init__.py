@@ -16,3 +16,7 @@ One concern per module:
 * :mod:`loading`: ``from_pretrained`` for checkpoints with per-layer shapes;
 * :mod:`methods`: the ``heads``, ``head_mask``, ``ffn`` and ``layers`` methods.
 """
+
+# Its method modules import this package's machinery, and the method registry imports them: register the
+# methods first, so that importing any module here on its own (e.g. ``structured.remove``) finds no half-made cycle.
+import prunecli.methods  # noqa: E402,F401
