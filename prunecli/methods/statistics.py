@@ -36,8 +36,8 @@ class Hessian:
 
     (The reference code divides by the number of windows instead of tokens; the factor
     cancels in the OBS updates and in the damping, so the pruned weights are the same.)
-    ``H`` is symmetric, so each batch adds only its upper triangle, in :data:`ROW_BLOCKS` bands
-    of rows (band ``i`` adds ``X_i^T [X_i ... X_last]``: ~(k+1)/2k of the full product's FLOPs);
+    ``H`` is symmetric, so each batch adds only its upper triangle, in ``k =`` :data:`ROW_BLOCKS`
+    bands of rows (band ``i`` adds ``X_i^T [X_i ... X_k]``: ~(k+1)/2k of the full product's FLOPs);
     :meth:`hessian` mirrors it into the lower triangle.
     """
 
@@ -62,12 +62,12 @@ class Hessian:
         """``H``, read-only: on the first call the upper triangle is mirrored below the diagonal and the sum
         scaled, in place (an 8192^2 Hessian is 268 MB; no second copy is kept)."""
         if not self.scaled:
-            upper = self.sum_outer
+            total = self.sum_outer
             for band in self.bands:  # lower triangle := transpose of the upper, one band of columns at a time
-                square = upper[band, band]
+                square = total[band, band]
                 square.copy_(torch.triu(square) + torch.triu(square, 1).t())
-                upper[band.stop :, band] = upper[band, band.stop :].t()
-            upper.mul_(2.0 / self.tokens)
+                total[band.stop :, band] = total[band, band.stop :].t()
+            total.mul_(2.0 / self.tokens)
             self.scaled = True
         return self.sum_outer
 
