@@ -1,0 +1,101 @@
+"""Where a layer-wise pruning block's time goes (#19): one SmolLM2 block, statistics pass + re-run.
+
+Loads the packaged model, catches block 0's inputs for ``--windows`` random-token windows of 512
+tokens in batches of ``--batch``, runs the pipeline's two passes of that block (Wanda's statistics
+hooks, the pass cut short once every layer has its input, then the full re-run) once to warm up, then
+once under ``torch.profiler``, and prints the self CPU time by kind: matmuls, attention, elementwise
+work, the statistics, the rest. ``--compile`` instead times one block forward eager vs ``torch.compile``
+(median of 5, after a warm-up) and the compilation itself::
+
+    python scripts/block_profile.py --batch 8
+    python scripts/block_profile.py --batch 1
+    python scripts/block_profile.py --batch 8 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from prunecli.methods.layerwise import block_inputs, run_until_inputs_collected  # noqa: E402
+from prunecli.methods.statistics import InputNorms, collect_inputs  # noqa: E402
+from prunecli.models import load_model, parse_model  # noqa: E402
+from prunecli.models.layout import blocks_of  # noqa: E402
+
+KINDS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+         "statistics": ("aten::square", "aten::sum", "aten::_to_copy", "aten::add_"),
+         "elementwise": ("aten::mul", "aten::silu", "aten::add", "aten::pow", "aten::cat", "aten::neg", "aten::mean", "aten::rsqrt",
+                         "aten::div_", "aten::copy_")}
+
+
+def median_seconds(call, repeats: int = 5) -> float:
+    call()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8, help="calibration windows per forward")
+    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--compile", action="store_true", help="time eager vs torch.compile of one block forward")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose("run")
+    model = load_model(parse_model(cfg.model)).model
+    _, blocks = blocks_of(model)
+    block = blocks[0]
+    windows = torch.randint(0, model.config.vocab_size, (args.windows, 512), generator=torch.Generator().manual_seed(0))
+    batches = block_inputs(model, block, windows, args.batch, torch.device("cpu"))
+    if args.compile:
+        first = batches[0]
+        eager = median_seconds(lambda: first.run(block))
+        began = time.perf_counter()
+        compiled = torch.compile(block)
+        compiled(first.hidden, *first.args, **first.kwargs)
+        compile_s = time.perf_counter() - began
+        fused = median_seconds(lambda: compiled(first.hidden, *first.args, **first.kwargs))
+        print(f"one block forward, {args.batch} windows: eager {eager:.3f} s, compiled {fused:.3f} s, compilation {compile_s:.1f} s")
+        return
+    layers = {name: module for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)}
+
+    def passes() -> None:
+        with collect_inputs(layers, InputNorms, stop_when_done=True):
+            for batch in batches:
+                run_until_inputs_collected(batch, block)
+        for batch in batches:
+            batch.run(block)
+
+    passes()
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        began = time.perf_counter()
+        passes()
+        wall = time.perf_counter() - began
+    seconds = collections.Counter()
+    for event in profiler.key_averages():
+        kind = next((name for name, ops in KINDS.items() if event.key in ops), "other")
+        seconds[kind] += event.self_cpu_time_total / 1e6
+    total = sum(seconds.values())
+    print(f"one block, {args.windows} windows in batches of {args.batch}: {wall:.2f} s under the profiler; self CPU time:")
+    for kind, value in seconds.most_common():
+        print(f"  {kind:12s} {value:6.3f} s  {value / total:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
