@@ -1,8 +1,9 @@
 """Paired prune timing (#19): prunecli against the reference schedule, A B A B, ratios per pair.
 
-A = ``prune run method=M`` as it is; B = the same run with ``method.calibration_batch_size=1``, the
-reference code's schedule (one calibration window at a time through each block; the authors' code
-itself is not shipped). Both on the shared protocol's texts (the packaged ``news_sample``
+A = ``prune run method=M`` as it is; B = the same run on the reference code's schedule: one
+calibration window at a time through each block (``method.calibration_batch_size=1``) and, for
+SparseGPT, one layer after another (``method.obs_schedule=per_layer``; the authors' code itself is
+not shipped). Both on the shared protocol's texts (the packaged ``news_sample``
 calibration, 64 x 512, seed 0), ``eval=none benchmark=none`` (only the pruning is timed). Runs
 alternate A B A B ... (``--pairs`` pairs, at least 3), one at a time: run it on an otherwise idle
 machine (two model jobs at once halve each other here). Per pair: the ratio A / B of the whole
@@ -31,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+REFERENCE_ORDER = {"sparsegpt": ["method.obs_schedule=per_layer"]}  # the reference's layer order, beyond one window at a time
 PROTOCOL = ["sparsity=0.5", "data/calibration=news_sample", "data.nsamples=64", "data.seqlen=512", "data.seed=0",
             "eval=none", "benchmark=none"]
 
@@ -48,11 +50,12 @@ def timed_run(method: str, schedule: str, extra: list[str], folder: Path, batch:
               calibration: Path | None = None) -> dict:
     """One ``prune run`` in its own process: wall seconds, its own prune_s, and the command.
     ``schedule``: ``prunecli`` (``batch`` windows per forward, the method's default when None) or
-    ``reference`` (one window at a time)."""
+    ``reference`` (one window at a time, layers in the reference's order)."""
     run_dir = folder / f"{method}_{schedule}_{time.time_ns()}"
     windows = 1 if schedule == "reference" else batch
+    order = REFERENCE_ORDER.get(method, []) if schedule == "reference" else []
     overrides = [f"method={method}", *protocol(calibration), *extra,
-                 *([f"method.calibration_batch_size={windows}"] if windows is not None else []), f"hydra.run.dir={run_dir}"]
+                 *([f"method.calibration_batch_size={windows}"] if windows is not None else []), *order, f"hydra.run.dir={run_dir}"]
     began = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", "from prunecli.cli import main; main()", "run", *overrides], cwd=REPO,
                             capture_output=True, text=True)

@@ -11,8 +11,8 @@ from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS, owl_block_sparsities
 from prunecli.methods.masks import layerwise_mask, prune_count, rowwise_mask
-from prunecli.methods.sparsegpt import sparsegpt_layer
-from prunecli.methods.statistics import Hessian, InputNorms
+from prunecli.methods.sparsegpt import obs_factor, one_cpu_thread, sparsegpt_layer, sparsegpt_shared
+from prunecli.methods.statistics import Hessian, InputNorms, collect_inputs, shared_inputs
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models.layout import blocks_of
 from tests.conftest import finished_run, run_prune, tiny_cli_args, tiny_model
@@ -143,6 +143,61 @@ def test_sparsegpt_equals_the_papers_algorithm_on_a_small_layer(sparsity, nm, bl
     sparsegpt_layer(pruned, H, sparsity, nm, blocksize=blocksize)
     assert torch.equal(pruned == 0, expected == 0)
     torch.testing.assert_close(pruned.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.lists(st.integers(1, 9), min_size=1, max_size=4), sparsities=st.lists(st.sampled_from([0.0, 0.3, 0.5, 0.9]), min_size=4, max_size=4),
+       nm=st.sampled_from([None, (2, 4), (1, 4)]), blocksize=st.sampled_from([4, 8, 128]), seed=st.integers(0, 2**16))
+def test_layers_sharing_an_input_are_pruned_as_if_one_by_one(rows, sparsities, nm, blocksize, seed):
+    """One factor and one column loop over stacked rows == each layer alone (the oracle: sparsegpt_layer
+    per layer), each at its own sparsity, dead inputs included: the same masks and the same weights up
+    to the float order of the lazy update's product (BLAS may pick another kernel for another row count)."""
+    generator = torch.Generator().manual_seed(seed)
+    X = correlated_inputs(features=16, tokens=64, seed=seed)
+    X[:, 3] = 0
+    H = 2 * X.t() @ X / len(X)
+    weights = [torch.randn(r, 16, generator=generator) for r in rows]
+    alone = [w.clone() for w in weights]
+    for weight, sparsity in zip(alone, sparsities):
+        sparsegpt_layer(weight, H, sparsity, nm, blocksize=blocksize)
+    stacked = [w.clone() for w in weights]
+    with one_cpu_thread(torch.device("cpu")):
+        sparsegpt_shared(stacked, obs_factor(H, 0.01, "", []), sparsities[: len(rows)], nm, blocksize=blocksize)
+    for a, b in zip(alone, stacked):
+        assert torch.equal(a == 0, b == 0)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_inputs_group_the_layers_fed_one_tensor():
+    model = tiny_model("llama")
+    prefix, blocks = blocks_of(model)
+    layers = {n: m for n, m in select_layers(model, "all", IGNORE).items() if n.startswith(f"{prefix}.0.")}
+    with collect_inputs(layers, InputNorms) as stats, torch.no_grad():
+        model(input_ids=torch.randint(0, 97, (2, 8)))
+    short = [[name.rsplit(".", 1)[-1] for name in group] for group in shared_inputs(stats)]
+    assert short == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+
+
+@pytest.mark.parametrize("nm", [None, (2, 4)])
+def test_sparsegpt_schedules_give_the_same_model(nm):
+    """obs_schedule=shared (groups stacked, side by side on two threads) and per_layer (the reference's
+    order) prune to the same masks and weights (up to float order), per-layer sparsities included."""
+    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(4))
+    models = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for schedule in ("shared", "per_layer"):
+            model = tiny_model("llama")
+            ctx = context(model, "sparsegpt", windows, nm=nm, obs_schedule=schedule)
+            ctx.layer_sparsity = {name: 0.3 + 0.05 * (i % 7) for i, name in enumerate(ctx.layers)} if nm is None else {}
+            METHODS.get("sparsegpt").prune(ctx)
+            models[schedule] = model
+    finally:
+        torch.set_num_threads(threads)
+    for (name, a), b in zip(models["shared"].named_parameters(), models["per_layer"].parameters()):
+        assert torch.equal(a == 0, b == 0), name
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_sparsegpt_handles_dead_inputs_and_keeps_exact_nm():

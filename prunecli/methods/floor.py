@@ -66,16 +66,30 @@ def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, d
     return best
 
 
+_active_counters = 0
+
+
 @contextmanager
 def counting(active: bool, flops: dict[str, int], key: str) -> Iterator[None]:
     """Add the FLOPs run inside (the :func:`counted_rules` over ``torch.utils.flop_counter``'s) to
-    ``flops[key]``; nothing when not ``active``."""
+    ``flops[key]``; nothing when not ``active``. The counter sees only the thread it was entered on
+    (:func:`is_counting`)."""
+    global _active_counters
     if not active:
         yield
         return
-    with FlopCounterMode(display=False, custom_mapping=counted_rules()) as counter:
-        yield
+    _active_counters += 1
+    try:
+        with FlopCounterMode(display=False, custom_mapping=counted_rules()) as counter:
+            yield
+    finally:
+        _active_counters -= 1
     flops[key] += counter.get_total_flops()
+
+
+def is_counting() -> bool:
+    """Whether a :func:`counting` block is open: work handed to other threads now would go uncounted."""
+    return _active_counters > 0
 
 
 def matmul_shapes(layers: dict[str, nn.Module], tokens: int) -> set[tuple[int, int, int]]:

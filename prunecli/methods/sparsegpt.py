@@ -11,21 +11,32 @@ For each layer, from ``H = 2/n * sum X X^T`` over the calibration tokens:
    of M columns as they are reached). Column by column, pruned weights are zeroed and the
    error ``(w - q) / U_jj`` is propagated to the block's remaining columns through row
    ``U_j``; after the block, its errors update all later columns (lazy batch update).
+
+Layers fed the very same input (q/k/v, gate/up; :func:`~prunecli.methods.statistics.shared_inputs`)
+have one ``H``, so they share one factor ``U`` and one column loop, their rows stacked: a row's
+updates depend only on that row and ``U``, and each layer's mask is still chosen among its own
+rows, so the result is that of pruning them one by one (``obs_schedule=per_layer``, the reference
+code's order). The block's factors are computed first, on all threads; then, on CPU, the column
+loops (thousands of tiny ops, which intra-op threads slow down) run side by side, one thread each
+(one after another in the block whose FLOPs :mod:`~prunecli.methods.floor` counts).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator, Literal
 
 import torch
 
 from prunecli.errors import PruneError
 from prunecli.methods import CalibratedOptions, Method, PruneContext, register
+from prunecli.methods.floor import is_counting
 from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.masks import check_nm_fits, layerwise_mask, nm_mask
-from prunecli.methods.statistics import Hessian
+from prunecli.methods.statistics import Hessian, shared_inputs
 from prunecli.methods.targets import weight_matrix
 from prunecli.options import at_least
 
@@ -61,48 +72,70 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, layer: str, w
 
 
 @contextmanager
-def one_cpu_thread(device: torch.device):
-    """The column-by-column OBS loop is thousands of tiny ops: on CPU, intra-op threads cost
-    more than they give (3-6x slower with 2 threads here), so it runs on one."""
+def one_cpu_thread(device: torch.device) -> Iterator[int]:
+    """The column-by-column OBS loop is thousands of tiny ops: on CPU, intra-op threads cost more
+    than they give (3-6x slower with 2 threads here), so it runs on one. Yields how many such loops
+    may run side by side: the intra-op threads there were (1 off CPU)."""
     if device.type != "cpu":
-        yield
+        yield 1
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        yield threads
     finally:
         torch.set_num_threads(threads)
 
 
-@torch.no_grad()
 def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: tuple[int, int] | None,
                     blocksize: int = 128, percdamp: float = 0.01, layer: str = "", warnings: list | None = None) -> None:
     """Prune ``weight`` (an ``(out, in)`` tensor or view) in place, reconstructing with OBS."""
-    W = weight.float().clone()
+    factor = obs_factor(hessian, percdamp, layer, warnings if warnings is not None else [])
+    with one_cpu_thread(weight.device):
+        sparsegpt_shared([weight], factor, [sparsity], nm, blocksize, layer)
+
+
+def obs_factor(hessian: torch.Tensor, percdamp: float, layer: str, warnings: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-2 of the module doc: ``U`` and the dead inputs (``H_jj = 0``)."""
     H = hessian.float().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
+    return inverse_hessian_factor(H, percdamp, layer, warnings), dead
+
+
+@torch.no_grad()
+def sparsegpt_shared(weights: list[torch.Tensor], factor: tuple[torch.Tensor, torch.Tensor], sparsities: list[float],
+                     nm: tuple[int, int] | None, blocksize: int = 128, layer: str = "") -> None:
+    """Prune layers fed one input in place, each to its own sparsity, given their :func:`obs_factor`:
+    one column loop over their stacked rows (module doc)."""
+    U, dead = factor
+    W = torch.cat([weight.float() for weight in weights])  # a copy, even of one fp32 weight
     W[:, dead] = 0
-    U = inverse_hessian_factor(H, percdamp, layer, warnings if warnings is not None else [])
-    del H
     if nm is not None:
         check_nm_fits(W.shape[1], nm, layer)
         blocksize = max(nm[1], blocksize // nm[1] * nm[1])  # N:M groups never straddle blocks
-    with one_cpu_thread(W.device):
-        obs_prune_(W, U, sparsity, nm, blocksize, layer)
-    weight.copy_(W.to(weight.dtype))
+    rows = [weight.shape[0] for weight in weights]
+    bounds = torch.tensor([0, *rows]).cumsum(0).tolist()
+    parts = [(slice(start, stop), sparsity) for start, stop, sparsity in zip(bounds, bounds[1:], sparsities)]
+    obs_prune_(W, U, parts, nm, blocksize, layer)
+    for weight, pruned in zip(weights, W.split(rows)):
+        weight.copy_(pruned.to(weight.dtype))
 
 
-def obs_prune_(W: torch.Tensor, U: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, blocksize: int, layer: str) -> None:
-    """Step 3 of the module doc on ``W`` in place, given ``U`` (upper Cholesky of ``H^-1``)."""
+def obs_prune_(W: torch.Tensor, U: torch.Tensor, parts: list[tuple[slice, float]], nm: tuple[int, int] | None,
+               blocksize: int, layer: str) -> None:
+    """Step 3 of the module doc on ``W`` in place, given ``U`` (upper Cholesky of ``H^-1``); ``parts``:
+    the row range of each stacked layer and its sparsity (an unstructured mask is chosen per part)."""
     columns = W.shape[1]
     for start in range(0, columns, blocksize):
         end = min(start + blocksize, columns)
         W1, U1 = W[:, start:end].clone(), U[start:end, start:end]
         d = torch.diag(U1)
         errors = torch.zeros_like(W1)
-        mask = layerwise_mask(W1.pow(2) / d.pow(2), sparsity) if nm is None else torch.zeros_like(W1, dtype=torch.bool)
+        mask = torch.zeros_like(W1, dtype=torch.bool)
+        if nm is None:
+            for rows, sparsity in parts:
+                mask[rows] = layerwise_mask(W1[rows].pow(2) / d.pow(2), sparsity)
         for i in range(end - start):
             if nm is not None and i % nm[1] == 0:
                 group = slice(i, i + nm[1])
@@ -121,6 +154,9 @@ def obs_prune_(W: torch.Tensor, U: torch.Tensor, sparsity: float, nm: tuple[int,
 class SparseGPTOptions(CalibratedOptions):
     blocksize: int = 128  # columns per lazy-update block (and per mask-selection block)
     percdamp: float = 0.01  # dampening: percdamp * mean(diag H) added to the diagonal
+    # shared: layers fed one input share one factor and column loop, loops side by side on CPU threads;
+    # per_layer: one layer after another, each its own factor (the reference code's order). Same result.
+    obs_schedule: Literal["shared", "per_layer"] = "shared"
 
     def check(self, prefix: str) -> None:
         super().check(prefix)
@@ -130,11 +166,33 @@ class SparseGPTOptions(CalibratedOptions):
 
 def sparsegpt(ctx: PruneContext) -> None:
     warnings: list = []
+    options, percdamp = ctx.options, float(ctx.options.percdamp)
 
     def prune_block(index, layers, stats) -> None:
-        for name, module in layers.items():
-            sparsegpt_layer(weight_matrix(module), stats[name].hessian(), ctx.sparsity_of(name), ctx.nm,
-                            ctx.options.blocksize, float(ctx.options.percdamp), name, warnings)
+        if options.obs_schedule == "per_layer":
+            for name, module in layers.items():
+                sparsegpt_layer(weight_matrix(module), stats[name].hessian(), ctx.sparsity_of(name), ctx.nm, options.blocksize,
+                                percdamp, name, warnings)
+            return
+        groups = shared_inputs(stats)
+        labels = ["+".join(names) for names in groups]
+        factors = [obs_factor(stats[names[0]].hessian(), percdamp, label, warnings) for names, label in zip(groups, labels)]
+        inference = torch.is_inference_mode_enabled()  # thread-local: the workers get the caller's
+
+        def prune(names: list[str], factor: tuple[torch.Tensor, torch.Tensor], label: str) -> None:
+            with torch.inference_mode(inference):
+                sparsegpt_shared([weight_matrix(layers[name]) for name in names], factor, [ctx.sparsity_of(name) for name in names],
+                                 ctx.nm, options.blocksize, label)
+
+        with one_cpu_thread(ctx.device) as side_by_side:
+            # one after another in the block whose FLOPs are counted (the counter sees one thread)
+            workers = 1 if is_counting() else min(side_by_side, len(groups))
+            if workers == 1:
+                for task in zip(groups, factors, labels):
+                    prune(*task)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(prune, groups, factors, labels))
 
     prune_layerwise(ctx, Hessian, prune_block, "sparsegpt", ctx.options.calibration_batch_size)
     if warnings:

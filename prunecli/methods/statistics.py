@@ -75,6 +75,15 @@ class Hessian:
 Accumulator = InputNorms | Hessian
 
 
+def shared_inputs(stats: dict[str, Accumulator]) -> list[list[str]]:
+    """The layers of ``stats`` grouped by the accumulator they share -- the ones fed one input (q/k/v,
+    gate/up; :func:`collect_inputs`) -- in the order they were first called."""
+    groups: dict[int, list[str]] = {}
+    for name, accumulator in stats.items():
+        groups.setdefault(id(accumulator), []).append(name)
+    return list(groups.values())
+
+
 class InputsCollected(Exception):
     """Raised once every hooked layer has seen its input: the rest of the forward is not needed."""
 
