@@ -66,7 +66,8 @@ def timed_run(method: str, schedule: str, extra: list[str], folder: Path, batch:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     floor = metrics.get("floor", {})
     device = metrics["environment"].get("gpu") or metrics["environment"].get("cpu")
-    return {"method": method, "schedule": schedule, "device": device, "windows": metrics["config"]["method"]["calibration_batch_size"], "wall_s": round(wall, 2), "prune_s": round(metrics["prune_s"], 2),
+    return {"method": method, "schedule": schedule, "device": device, "windows": metrics["config"]["method"]["calibration_batch_size"],
+            "wall_s": round(wall, 2), "prune_s": round(metrics["prune_s"], 2),
             "floor_s": round(floor.get("floor_s", float("nan")), 2), "prune_over_floor": round(floor.get("prune_over_floor", float("nan")), 3),
             "command": shlex.join(["prune", "run", *overrides[:-1]])}
 

@@ -27,6 +27,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Iterator, Literal
 
 import torch
@@ -95,6 +96,7 @@ def sparsegpt_layer(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         sparsegpt_shared([weight], factor, [sparsity], nm, blocksize, layer)
 
 
+@torch.no_grad()
 def obs_factor(hessian: torch.Tensor, percdamp: float, layer: str, warnings: list) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1-2 of the module doc: ``U`` and the dead inputs (``H_jj = 0``)."""
     H = hessian.float().clone()
@@ -115,7 +117,7 @@ def sparsegpt_shared(weights: list[torch.Tensor], factor: tuple[torch.Tensor, to
         check_nm_fits(W.shape[1], nm, layer)
         blocksize = max(nm[1], blocksize // nm[1] * nm[1])  # N:M groups never straddle blocks
     rows = [weight.shape[0] for weight in weights]
-    bounds = torch.tensor([0, *rows]).cumsum(0).tolist()
+    bounds = [0, *accumulate(rows)]
     parts = [(slice(start, stop), sparsity) for start, stop, sparsity in zip(bounds, bounds[1:], sparsities)]
     obs_prune_(W, U, parts, nm, blocksize, layer)
     for weight, pruned in zip(weights, W.split(rows)):
