@@ -247,6 +247,27 @@ def test_pruned_block_outputs_feed_the_next_block():
         assert torch.equal(a == 0, b == 0), name
 
 
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_the_walk_ends_at_the_last_block_with_targets(method):
+    """The last pruned block is run once (its statistics pass, cut short before down_proj) and never
+    re-run, blocks after it not at all; the masks equal those of the whole model's walk."""
+    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(5))
+    whole, first = tiny_model("llama"), tiny_model("llama")
+    METHODS.get(method).prune(context(whole, method, windows))
+    ctx = context(first, method, windows)
+    ctx.layers = {name: module for name, module in ctx.layers.items() if ".layers.0." in name}
+    _, blocks = blocks_of(first)
+    calls = {0: 0, 1: 0}
+    for index, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda module, args, index=index: calls.__setitem__(index, calls[index] + 1))
+        block.mlp.down_proj.register_forward_hook(lambda module, args, output, index=index: calls.__setitem__(("down", index), 1))
+    METHODS.get(method).prune(ctx)
+    assert calls == {0: 2, 1: 0}  # block 0 entered by the model (its inputs caught) and by its statistics pass; no down_proj ran
+    for name, module in ctx.layers.items():
+        assert torch.equal(module.weight == 0, whole.get_submodule(name).weight == 0), name
+    assert all(torch.count_nonzero(p) == p.numel() for n, p in first.named_parameters() if ".layers.1." in n and p.dim() == 2)
+
+
 def test_unknown_block_layout_names_the_class_and_the_fix():
     model = tiny_model("llama")
     model.config.model_type = "mystery"
@@ -300,7 +321,8 @@ def test_the_compute_floor_counts_the_block_passes_flops(tmp_path, corpus, metho
     result = run_prune("run", *tiny_cli_args(corpus), f"method={method}", "eval=none", cwd=tmp_path)
     _, metrics = finished_run(result, tmp_path)
     floor = metrics["floor"]
-    assert floor["flops"] == 2 * (calibrate + hessians + block)  # two pruned blocks: statistics pass + re-run each
+    # two pruned blocks: a statistics pass each, the re-run of block 0 only (the last block's outputs feed nothing)
+    assert floor["flops"] == 2 * (calibrate + hessians) + block
     assert floor["shapes"] == [[128, 64, 32], [128, 64, 64], [128, 64, 128], [128, 128, 64]]
     assert floor["matmul_gflops"] > 0 and floor["floor_s"] == pytest.approx(floor["flops"] / (floor["matmul_gflops"] * 1e9), rel=0.01)
     assert metrics["prune_over_floor"] == pytest.approx(metrics["prune_s"] / floor["floor_s"]) and metrics["prune_over_floor"] > 1

@@ -4,7 +4,9 @@ and Wanda papers' code).
 1. Embed the calibration windows and catch the inputs of block 0 (:func:`block_inputs`).
 2. For each block in turn: hook its target layers to accumulate input statistics while the
    block runs on its inputs; let the method prune the block from those statistics; run the
-   block again with the *pruned* weights; its outputs are the next block's inputs.
+   block again with the *pruned* weights; its outputs are the next block's inputs. The walk
+   ends at the last block with target layers: its outputs, and the blocks after it, feed
+   nothing that is pruned (the reference code re-runs them all the same).
 
 Only one block's activations live at a time. Windows go through a block in batches of
 ``batch_size`` (the reference code feeds one window at a time; batching gives the same
@@ -116,8 +118,9 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
         batches = block_inputs(model, blocks[0], windows, batch_size, device)
     block_times = []
     counted = next((i for i, layers in enumerate(grouped) if layers), None)  # its FLOPs are counted (methods/floor.py)
+    last = max((i for i, layers in enumerate(grouped) if layers), default=-1)
     flops = {"calibrate": 0, "rerun": 0}
-    for index, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
+    for index, block in enumerate(tqdm(blocks[: last + 1], desc=desc, unit="block")):
         began = time.perf_counter()
         outputs = None
         with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
@@ -134,17 +137,17 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
                             run_until_inputs_collected(batch, block)
                     prune_block(index, grouped[index], stats)
             with counting(index == counted and outputs is None, flops, "rerun"):
-                if outputs is None:
+                if outputs is None and index < last:
                     outputs = [batch.run(block) for batch in batches]
-        for batch, output in zip(batches, outputs):
+        for batch, output in zip(batches, outputs or []):
             batch.hidden = output
         block_times.append(time.perf_counter() - began)
     pruned_blocks = sum(1 for layers in grouped if layers)
     ctx.stats.setdefault("calibration", {})[desc] = {
         "windows": int(windows.shape[0]), "tokens": int(windows.numel()), "batch_size": batch_size,
         "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
-        # matmul FLOPs of the block passes (the counted block's, times the blocks), and the shapes they run at
-        "flops": flops["calibrate"] * pruned_blocks + flops["rerun"] * (pruned_blocks if measure_only else len(blocks)),
+        # matmul FLOPs of the block passes (the counted block's, times the blocks that ran them), and their shapes
+        "flops": flops["calibrate"] * pruned_blocks + flops["rerun"] * max(last, 0),
         "shapes": sorted(matmul_shapes(grouped[counted], min(batch_size, int(windows.shape[0])) * int(windows.shape[1])))
                   if counted is not None else [],
     }
