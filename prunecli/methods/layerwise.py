@@ -10,7 +10,8 @@ and Wanda papers' code).
 
 Only one block's activations live at a time. Windows go through a block in batches of
 ``batch_size`` (the reference code feeds one window at a time; batching gives the same
-statistics, faster). With ``model.offload`` (``ctx.offload``), only the embeddings (step 1) or
+statistics, faster), and the C heap keeps the memory they free for the next batch
+(:func:`~prunecli.environment.reuse_freed_memory`; not when offloading). With ``model.offload`` (``ctx.offload``), only the embeddings (step 1) or
 the one block being calibrated and pruned (step 2) are on the execution device.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunecli.environment import reuse_freed_memory
 from prunecli.errors import PruneError
 from prunecli.methods.floor import counting, matmul_shapes
 from prunecli.methods.statistics import Accumulator, InputsCollected, collect_inputs
@@ -120,28 +123,31 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     counted = next((i for i, layers in enumerate(grouped) if layers), None)  # its FLOPs are counted (methods/floor.py)
     last = max((i for i, layers in enumerate(grouped) if layers), default=-1)
     flops = {"calibrate": 0, "rerun": 0}
-    for index, block in enumerate(tqdm(blocks[: last + 1], desc=desc, unit="block")):
-        began = time.perf_counter()
-        outputs = None
-        with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
-            if grouped[index] and before_block is not None:
-                before_block(index, grouped[index])
-            with counting(index == counted, flops, "calibrate"):
-                if grouped[index] and measure_only:
-                    with collect_inputs(grouped[index], make_stats) as stats:
+    # the passes free and allocate the same activations block after block: keep the freed memory for
+    # them (offloading keeps the resident set small instead)
+    with reuse_freed_memory() if ctx.offload.mode == "none" else nullcontext():
+        for index, block in enumerate(tqdm(blocks[: last + 1], desc=desc, unit="block")):
+            began = time.perf_counter()
+            outputs = None
+            with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
+                if grouped[index] and before_block is not None:
+                    before_block(index, grouped[index])
+                with counting(index == counted, flops, "calibrate"):
+                    if grouped[index] and measure_only:
+                        with collect_inputs(grouped[index], make_stats) as stats:
+                            outputs = [batch.run(block) for batch in batches]
+                        prune_block(index, grouped[index], stats)
+                    elif grouped[index]:
+                        with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
+                            for batch in batches:
+                                run_until_inputs_collected(batch, block)
+                        prune_block(index, grouped[index], stats)
+                with counting(index == counted and outputs is None, flops, "rerun"):
+                    if outputs is None and index < last:
                         outputs = [batch.run(block) for batch in batches]
-                    prune_block(index, grouped[index], stats)
-                elif grouped[index]:
-                    with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
-                        for batch in batches:
-                            run_until_inputs_collected(batch, block)
-                    prune_block(index, grouped[index], stats)
-            with counting(index == counted and outputs is None, flops, "rerun"):
-                if outputs is None and index < last:
-                    outputs = [batch.run(block) for batch in batches]
-        for batch, output in zip(batches, outputs or []):
-            batch.hidden = output
-        block_times.append(time.perf_counter() - began)
+            for batch, output in zip(batches, outputs or []):
+                batch.hidden = output
+            block_times.append(time.perf_counter() - began)
     pruned_blocks = sum(1 for layers in grouped if layers)
     ctx.stats.setdefault("calibration", {})[desc] = {
         "windows": int(windows.shape[0]), "tokens": int(windows.numel()), "batch_size": batch_size,
