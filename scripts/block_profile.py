@@ -5,17 +5,21 @@ tokens in batches of ``--batch``, runs the pipeline's two passes of that block (
 hooks, the pass cut short once every layer has its input, then the full re-run) once to warm up, then
 once under ``torch.profiler``, and prints the self CPU time by kind: matmuls, attention, elementwise
 work, the statistics, the rest. ``--compile`` instead times one block forward eager vs ``torch.compile``
-(median of 5, after a warm-up) and the compilation itself::
+(median of 5, after a warm-up) and the compilation itself. ``--heap`` instead times the two passes
+with the heap as glibc leaves it and inside :func:`~prunecli.environment.reuse_freed_memory`, in
+alternation (``--rounds`` pairs), with the minor page faults of each::
 
     python scripts/block_profile.py --batch 8
     python scripts/block_profile.py --batch 1
     python scripts/block_profile.py --batch 8 --compile
+    python scripts/block_profile.py --batch 8 --heap
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import resource
 import statistics
 import sys
 import time
@@ -28,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from prunecli.environment import reuse_freed_memory  # noqa: E402
 from prunecli.methods.layerwise import block_inputs, run_until_inputs_collected  # noqa: E402
 from prunecli.methods.statistics import InputNorms, collect_inputs  # noqa: E402
 from prunecli.models import load_model, parse_model  # noqa: E402
@@ -55,6 +60,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="calibration windows per forward")
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--compile", action="store_true", help="time eager vs torch.compile of one block forward")
+    parser.add_argument("--heap", action="store_true", help="time the passes without and with reuse_freed_memory, in alternation")
+    parser.add_argument("--rounds", type=int, default=5, help="--heap: pairs of rounds (each round: the two passes, twice)")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose("run")
@@ -83,6 +90,9 @@ def main() -> None:
             batch.run(block)
 
     passes()
+    if args.heap:
+        compare_heaps(passes, args.rounds)
+        return
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         began = time.perf_counter()
         passes()
@@ -95,6 +105,28 @@ def main() -> None:
     print(f"one block, {args.windows} windows in batches of {args.batch}: {wall:.2f} s under the profiler; self CPU time:")
     for kind, value in seconds.most_common():
         print(f"  {kind:12s} {value:6.3f} s  {value / total:6.1%}")
+
+
+def compare_heaps(passes, rounds: int) -> None:
+    """Rounds of ``passes`` (twice each) as glibc leaves the heap, then inside ``reuse_freed_memory``, alternating."""
+    figures: dict[str, list[tuple[float, int]]] = {"default": [], "reused": []}
+    for _ in range(rounds):
+        for heap in figures:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            began = time.perf_counter()
+            if heap == "reused":
+                with reuse_freed_memory():
+                    passes()
+                    passes()
+            else:
+                passes()
+                passes()
+            figures[heap].append((time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    for heap, values in figures.items():
+        print(f"{heap:8s} s: {', '.join(f'{s:.2f}' for s, _ in values)}  median {statistics.median(s for s, _ in values):.3f}; "
+              f"minor faults median {statistics.median(f for _, f in values):.0f}")
+    ratios = [reused[0] / default[0] for default, reused in zip(figures["default"], figures["reused"])]
+    print(f"reused / default per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

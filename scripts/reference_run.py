@@ -49,9 +49,7 @@ class Documents:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return {"text": self.texts[index]}
+    def __getitem__(self, index: int | slice) -> dict:
         return {"text": self.texts[index]}
 
 
