@@ -90,7 +90,7 @@ def reuse_freed_memory() -> Iterator[bool]:
     tensors over and over (the layer-wise passes: 10-25 MB activations per batch of windows).
 
     By default glibc hands the heap's free top back to the system once 64 MiB of it are free, and the
-    next batch faults zeroed pages in again (~45,000 minor faults a second in a Wanda run on the 2-core
+    next batch faults zeroed pages in again (~45,000 minor faults a second in a SparseGPT run on the 2-core
     VM). Inside: no trimming, the heap grown 256 MiB at a time; on exit the values glibc converges to by
     itself are set (:data:`CONVERGED`) and the kept pages are released (:func:`release_freed_memory`).
     Yields whether the settings took (glibc only; elsewhere nothing changes)."""
@@ -98,13 +98,13 @@ def reuse_freed_memory() -> Iterator[bool]:
     if libc is None or not hasattr(libc, "mallopt"):
         yield False
         return
-    took = all(libc.mallopt(parameter, value) == 1 for parameter, value in KEPT.items())
+    took = all([libc.mallopt(parameter, value) == 1 for parameter, value in KEPT.items()])  # every one set, even after a refusal
     try:
         yield took
     finally:
         for parameter, value in CONVERGED.items():
             libc.mallopt(parameter, value)
-        libc.malloc_trim(0)
+        release_freed_memory()
 
 
 def reset_peak_memory() -> None:
