@@ -57,7 +57,8 @@ def calibration_texts(path: Path | None) -> list[str]:
     if path is None:
         from prunecli.data.corpora import news_documents
         return list(news_documents())
-    return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+    from prunecli.data.files import read_jsonl
+    return read_jsonl(path, "text")
 
 
 def add_position_embeddings(model: torch.nn.Module) -> None:
@@ -100,7 +101,11 @@ def main() -> None:
 
     from prunecli.models.packaged import smollm2_folder
 
-    texts = calibration_texts(args.calibration)
+    from prunecli.errors import PruneError
+    try:
+        texts = calibration_texts(args.calibration)
+    except (PruneError, OSError) as err:
+        raise SystemExit(f"error: {err}") from None
     lib.data.load_dataset = lambda *a, split, **k: Documents(texts if split == "train" else texts[:1])
     if not torch.cuda.is_available():
         torch.cuda.synchronize = lambda *a, **k: None

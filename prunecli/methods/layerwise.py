@@ -11,8 +11,9 @@ and Wanda papers' code).
 Only one block's activations live at a time. Windows go through a block in batches of
 ``batch_size`` (the reference code feeds one window at a time; batching gives the same
 statistics, faster), and the C heap keeps the memory they free for the next batch
-(:func:`~prunecli.environment.reuse_freed_memory`; not when offloading). With ``model.offload`` (``ctx.offload``), only the embeddings (step 1) or
-the one block being calibrated and pruned (step 2) are on the execution device.
+(:func:`~prunecli.environment.reuse_freed_memory`; not when offloading). With ``model.offload``
+(``ctx.offload``), only the embeddings (step 1) or the one block being calibrated and pruned
+(step 2) are on the execution device.
 """
 
 from __future__ import annotations
