@@ -41,6 +41,15 @@ def test_rowwise_and_layerwise_counts(rows, cols, sparsity, seed):
     assert int(layerwise_mask(scores, sparsity).sum()) == prune_count(rows * cols, sparsity)
 
 
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 8), cols=st.integers(1, 64), sparsity=st.floats(0, 1), levels=few_levels, seed=st.integers(0, 10_000))
+def test_rowwise_mask_is_the_first_k_of_a_stable_sort_of_each_row(rows, cols, sparsity, levels, seed):
+    scores = torch.randint(0, levels, (rows, cols), generator=torch.Generator().manual_seed(seed)).float()  # heavy ties
+    k = prune_count(cols, sparsity)
+    expected = torch.zeros(rows, cols, dtype=torch.bool).scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :k], True)
+    assert torch.equal(rowwise_mask(scores, sparsity), expected)
+
+
 def test_global_mask_uses_one_threshold_across_matrices():
     small, large = torch.full((4, 4), 0.1), torch.full((4, 4), 10.0)
     masks = global_masks([small, large], 0.5)

@@ -133,7 +133,7 @@ def sparsegpt_paper(W, H, sparsity, blocksize, percdamp=0.01, nm=None):
     return W * M
 
 
-@pytest.mark.parametrize("sparsity, nm, blocksize", [(0.5, None, 8), (0.7, None, 16), (0.5, (2, 4), 8)])
+@pytest.mark.parametrize("sparsity, nm, blocksize", [(0.5, None, 8), (0.7, None, 16), (0.6, None, 24), (0.5, (2, 4), 8), (0.5, (2, 4), 24), (0.5, (4, 8), 24)])
 def test_sparsegpt_equals_the_papers_algorithm_on_a_small_layer(sparsity, nm, blocksize):
     X = correlated_inputs(features=24, tokens=256, seed=1)
     W = torch.randn(6, 24, generator=torch.Generator().manual_seed(2))

@@ -45,10 +45,20 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def rowwise_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Prune ``floor(s * cols)`` lowest scores in every row (stable sort: ties to the lower column)."""
-    k = prune_count(scores.shape[1], sparsity)
-    order = torch.sort(scores, dim=1, stable=True).indices[:, :k]
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+    """Prune ``k = floor(s * cols)`` lowest scores in every row, ties to the lower column.
+
+    Per row, with ``t`` its k-th smallest score (``kthvalue``, no full sort): every score ``< t`` is
+    pruned, then the first ``k - #(< t)`` scores ``== t`` -- the first ``k`` of a stable ascending sort.
+    """
+    rows, cols = scores.shape
+    k = prune_count(cols, sparsity)
+    if k == 0 or k == cols:
+        return torch.full_like(scores, k == cols, dtype=torch.bool)
+    threshold = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    mask = scores < threshold
+    missing = k - mask.sum(1, keepdim=True, dtype=torch.int32)
+    ties = scores == threshold
+    return mask.logical_or_(ties.logical_and_(torch.cumsum(ties, 1, dtype=torch.int32) <= missing))
 
 
 def layerwise_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

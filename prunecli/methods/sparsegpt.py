@@ -10,7 +10,11 @@ For each layer, from ``H = 2/n * sum X X^T`` over the calibration tokens:
    chosen from ``w^2 / [U]_jj^2`` (lowest ``floor(s * numel)`` of the block; with N:M, per run
    of M columns as they are reached). Column by column, pruned weights are zeroed and the
    error ``(w - q) / U_jj`` is propagated to the block's remaining columns through row
-   ``U_j``; after the block, its errors update all later columns (lazy batch update).
+   ``U_j``; after the block, its errors update all later columns (lazy batch update). The same
+   lazy update runs one level down: a column's error reaches only the rest of its run of
+   :data:`INNER_COLUMNS` columns at once, and a run's errors reach the block's later columns in one
+   product when it ends (with N:M, runs are whole groups) -- the paper's sums in another float order,
+   2x faster on CPU, where rank-1 updates over a whole 128-column block leave the cache.
 
 Layers fed the very same input (q/k/v, gate/up; :func:`~prunecli.methods.statistics.shared_inputs`)
 have one ``H``, so they share one factor ``U`` and one column loop, their rows stacked: a row's
@@ -44,6 +48,7 @@ from prunecli.options import at_least
 log = logging.getLogger(__name__)
 
 MAX_DAMPING_RETRIES = 6
+INNER_COLUMNS = 8  # columns per run of rank-1 updates inside a block (module doc, step 3)
 RETRY_DAMPING = 0.01  # the first retry of an undamped (percdamp=0) Hessian; then x10 per retry
 
 
@@ -129,6 +134,7 @@ def obs_prune_(W: torch.Tensor, U: torch.Tensor, parts: list[tuple[slice, float]
     """Step 3 of the module doc on ``W`` in place, given ``U`` (upper Cholesky of ``H^-1``); ``parts``:
     the row range of each stacked layer and its sparsity (an unstructured mask is chosen per part)."""
     columns = W.shape[1]
+    run = INNER_COLUMNS if nm is None else nm[1] * -(-INNER_COLUMNS // nm[1])  # whole N:M groups
     for start in range(0, columns, blocksize):
         end = min(start + blocksize, columns)
         W1, U1 = W[:, start:end].clone(), U[start:end, start:end]
@@ -138,16 +144,19 @@ def obs_prune_(W: torch.Tensor, U: torch.Tensor, parts: list[tuple[slice, float]
         if nm is None:
             for rows, sparsity in parts:
                 mask[rows] = layerwise_mask(W1[rows].pow(2) / d.pow(2), sparsity)
-        for i in range(end - start):
-            if nm is not None and i % nm[1] == 0:
-                group = slice(i, i + nm[1])
-                mask[:, group] = nm_mask(W1[:, group].pow(2) / d[group].pow(2), *nm, layer=layer)
-            w = W1[:, i]
-            q = w.masked_fill(mask[:, i], 0)
-            err = (w - q) / d[i]
-            W1[:, i] = q
-            W1[:, i + 1 :].addr_(err, U1[i, i + 1 :], alpha=-1)
-            errors[:, i] = err
+        for first in range(0, end - start, run):
+            last = min(first + run, end - start)
+            for i in range(first, last):
+                if nm is not None and i % nm[1] == 0:
+                    group = slice(i, i + nm[1])
+                    mask[:, group] = nm_mask(W1[:, group].pow(2) / d[group].pow(2), *nm, layer=layer)
+                w = W1[:, i]
+                q = w.masked_fill(mask[:, i], 0)
+                err = (w - q) / d[i]
+                W1[:, i] = q
+                W1[:, i + 1 : last].addr_(err, U1[i, i + 1 : last], alpha=-1)
+                errors[:, i] = err
+            W1[:, last:].addmm_(errors[:, first:last], U1[first:last, last:], alpha=-1)
         W[:, start:end] = W1
         W[:, end:].addmm_(errors, U[start:end, end:], alpha=-1)
 
