@@ -50,7 +50,7 @@ def rowwise_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     Per row, with ``t`` its k-th smallest score (``kthvalue``, no full sort): every score ``< t`` is
     pruned, then the first ``k - #(< t)`` scores ``== t`` -- the first ``k`` of a stable ascending sort.
     """
-    rows, cols = scores.shape
+    cols = scores.shape[1]
     k = prune_count(cols, sparsity)
     if k == 0 or k == cols:
         return torch.full_like(scores, k == cols, dtype=torch.bool)

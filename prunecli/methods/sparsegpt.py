@@ -48,8 +48,8 @@ from prunecli.options import at_least
 log = logging.getLogger(__name__)
 
 MAX_DAMPING_RETRIES = 6
-INNER_COLUMNS = 8  # columns per run of rank-1 updates inside a block (module doc, step 3)
 RETRY_DAMPING = 0.01  # the first retry of an undamped (percdamp=0) Hessian; then x10 per retry
+INNER_COLUMNS = 8  # columns per run of rank-1 updates inside a block (module doc, step 3)
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, layer: str, warnings: list) -> torch.Tensor:
