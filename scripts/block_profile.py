@@ -2,17 +2,21 @@
 
 Loads the packaged model, catches block 0's inputs for ``--windows`` random-token windows of 512
 tokens in batches of ``--batch``, runs the pipeline's two passes of that block (Wanda's statistics
-hooks, the pass cut short once every layer has its input, then the full re-run) once to warm up, then
-once under ``torch.profiler``, and prints the self CPU time by kind: matmuls, attention, elementwise
-work, the statistics, the rest. ``--compile`` instead times one block forward eager vs ``torch.compile``
-(median of 5, after a warm-up) and the compilation itself. ``--heap`` instead times the two passes
-with the heap as glibc leaves it and inside :func:`~prunecli.environment.reuse_freed_memory`, in
-alternation (``--rounds`` pairs), with the minor page faults of each::
+hooks, the pass cut short once every layer has its input, then the full re-run), as the pipeline does
+(the heap kept, the chunked attention), once to warm up, then once under ``torch.profiler``, and prints
+the self CPU time by kind: matmuls, attention, elementwise work, the statistics, the rest.
+``--compile`` instead times one block forward eager vs ``torch.compile`` (median of 5, after a
+warm-up) and the compilation itself. ``--heap`` instead times the two passes with the heap as glibc
+leaves it and inside :func:`~prunecli.environment.reuse_freed_memory`; ``--attention``, with
+transformers' ``sdpa`` (PyTorch's CPU flash kernel) and with
+:func:`~prunecli.models.attention.chunked_causal_attention`; each in alternation (``--rounds`` pairs),
+with the minor page faults of each::
 
     python scripts/block_profile.py --batch 8
     python scripts/block_profile.py --batch 1
     python scripts/block_profile.py --batch 8 --compile
     python scripts/block_profile.py --batch 8 --heap
+    python scripts/block_profile.py --batch 8 --attention
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import resource
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -36,9 +42,11 @@ from prunecli.environment import reuse_freed_memory  # noqa: E402
 from prunecli.methods.layerwise import block_inputs, run_until_inputs_collected  # noqa: E402
 from prunecli.methods.statistics import InputNorms, collect_inputs  # noqa: E402
 from prunecli.models import load_model, parse_model  # noqa: E402
+from prunecli.models.attention import calibration_attention  # noqa: E402
 from prunecli.models.layout import blocks_of  # noqa: E402
 
-KINDS = {"matmul": ("aten::mm", "aten::addmm", "aten::bmm"), "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+KINDS = {"matmul": ("aten::mm", "aten::addmm"),
+         "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::_softmax", "aten::masked_fill_"),
          "statistics": ("aten::square", "aten::sum", "aten::_to_copy", "aten::add_"),
          "elementwise": ("aten::mul", "aten::silu", "aten::add", "aten::pow", "aten::cat", "aten::neg", "aten::mean", "aten::rsqrt",
                          "aten::div_", "aten::copy_")}
@@ -61,7 +69,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--compile", action="store_true", help="time eager vs torch.compile of one block forward")
     parser.add_argument("--heap", action="store_true", help="time the passes without and with reuse_freed_memory, in alternation")
-    parser.add_argument("--rounds", type=int, default=5, help="--heap: pairs of rounds (each round: the two passes, twice)")
+    parser.add_argument("--attention", action="store_true", help="time the passes with sdpa and with the chunked attention, in alternation")
+    parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention: pairs of rounds (each round: the two passes, twice)")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose("run")
@@ -89,14 +98,21 @@ def main() -> None:
         for batch in batches:
             batch.run(block)
 
-    passes()
+    cpu = torch.device("cpu")
     if args.heap:
-        compare_heaps(passes, args.rounds)
+        with calibration_attention(model, cpu):
+            alternate(passes, {"default": nullcontext, "reused": reuse_freed_memory}, args.rounds)
         return
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        began = time.perf_counter()
+    if args.attention:
+        with reuse_freed_memory():
+            alternate(passes, {"sdpa": nullcontext, "chunked": lambda: calibration_attention(model, cpu)}, args.rounds)
+        return
+    with reuse_freed_memory(), calibration_attention(model, cpu):
         passes()
-        wall = time.perf_counter() - began
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            began = time.perf_counter()
+            passes()
+            wall = time.perf_counter() - began
     seconds = collections.Counter()
     for event in profiler.key_averages():
         kind = next((name for name, ops in KINDS.items() if event.key in ops), "other")
@@ -107,26 +123,27 @@ def main() -> None:
         print(f"  {kind:12s} {value:6.3f} s  {value / total:6.1%}")
 
 
-def compare_heaps(passes, rounds: int) -> None:
-    """Rounds of ``passes`` (twice each) as glibc leaves the heap, then inside ``reuse_freed_memory``, alternating."""
-    figures: dict[str, list[tuple[float, int]]] = {"default": [], "reused": []}
+def alternate(passes: Callable[[], None], settings: dict[str, Callable[[], ContextManager]], rounds: int) -> None:
+    """``rounds`` rounds of ``passes`` (twice each) under each of the two ``settings`` in turn (after one warm-up
+    under each): the seconds and minor page faults of every round, and the per-round time ratios second / first."""
+    figures: dict[str, list[tuple[float, int]]] = {name: [] for name in settings}
+    for name, setting in settings.items():
+        with setting():
+            passes()
     for _ in range(rounds):
-        for heap in figures:
+        for name, setting in settings.items():
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             began = time.perf_counter()
-            if heap == "reused":
-                with reuse_freed_memory():
-                    passes()
-                    passes()
-            else:
+            with setting():
                 passes()
                 passes()
-            figures[heap].append((time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
-    for heap, values in figures.items():
-        print(f"{heap:8s} s: {', '.join(f'{s:.2f}' for s, _ in values)}  median {statistics.median(s for s, _ in values):.3f}; "
+            figures[name].append((time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    for name, values in figures.items():
+        print(f"{name:8s} s: {', '.join(f'{s:.2f}' for s, _ in values)}  median {statistics.median(s for s, _ in values):.3f}; "
               f"minor faults median {statistics.median(f for _, f in values):.0f}")
-    ratios = [reused[0] / default[0] for default, reused in zip(figures["default"], figures["reused"])]
-    print(f"reused / default per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+    first, second = figures.values()
+    ratios = [b[0] / a[0] for a, b in zip(first, second)]
+    print(f"{' / '.join(reversed(settings))} per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ Only one block's activations live at a time. Windows go through a block in batch
 statistics, faster), and the C heap keeps the memory they free for the next batch
 (:func:`~prunecli.environment.reuse_freed_memory`; not when offloading). With ``model.offload``
 (``ctx.offload``), only the embeddings (step 1) or the one block being calibrated and pruned
-(step 2) are on the execution device.
+(step 2) are on the execution device. On CPU the blocks' causal attention runs a chunk of queries at
+a time (:mod:`prunecli.models.attention`) during the passes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prunecli.environment import reuse_freed_memory
 from prunecli.errors import PruneError
 from prunecli.methods.floor import counting, matmul_shapes
 from prunecli.methods.statistics import Accumulator, InputsCollected, collect_inputs
+from prunecli.models.attention import calibration_attention
 from prunecli.models.layout import blocks_of
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     flops = {"calibrate": 0, "rerun": 0}
     # the passes free and allocate the same activations block after block: keep the freed memory for
     # them (offloading keeps the resident set small instead)
-    with reuse_freed_memory() if ctx.offload.mode == "none" else nullcontext():
+    with reuse_freed_memory() if ctx.offload.mode == "none" else nullcontext(), calibration_attention(model, device):
         for index, block in enumerate(tqdm(blocks[: last + 1], desc=desc, unit="block")):
             began = time.perf_counter()
             outputs = None
