@@ -1,14 +1,14 @@
 """Causal self-attention a chunk of queries at a time, for the layer-wise calibration passes on CPU (#19).
 
-For a chunk of ``C`` query positions ``[s, e)``, with the query heads of one key/value head (GQA) stacked
-as rows, ``O[s:e] = softmax(Q[s:e] K[:e]^T * scale, keys j > i masked) V[:e]``: the chunk attends only
-to the keys up to its end, so the work above the diagonal is skipped but for the ``C x C`` corner of each
-chunk, and each chunk's scores (``heads_per_kv * C x e``) stay in cache. On the 2-core CPU these are
-batched matmuls at a better rate than the small tiles of PyTorch's CPU flash-attention kernel (64
-queries against all keys at a time): ~26 ms against ~33-36 ms for an 8 x 512-token batch of
-SmolLM2-135M's 9 query / 3 key-value heads (``python scripts/block_profile.py --attention``). The
-softmax is taken over whole rows rather than online, so results equal the flash kernel's up to float
-summation order, not to the bit.
+For a chunk of ``C`` query positions ``[s, e)``, with the query heads of one key/value head (GQA)
+stacked as rows, ``O[s:e] = softmax(Q[s:e] K[:e]^T * scale, keys j > i masked) V[:e]``: the chunk
+attends only to the keys up to its end, so the work above the diagonal is skipped but for the ``C x C``
+corner of each chunk, and each chunk's scores (``heads_per_kv * C x e``) stay in cache. On the 2-core
+CPU these batched matmuls beat the small tiles of PyTorch's CPU flash-attention kernel (64 queries
+against every key up to theirs, online softmax): one SmolLM2-135M block's two calibration passes, sdpa
+and chunked in alternation, ran 2-9% faster (``python scripts/block_profile.py --batch 8 --attention``;
+the share moves with this VM's phase). The softmax is taken over whole rows rather than online, so
+results equal the flash kernel's up to float summation order, not to the bit.
 
 :func:`chunked_causal_attention` is registered in transformers' ``AttentionInterface`` as
 :data:`IMPLEMENTATION`; :func:`calibration_attention` switches a model to it (from ``sdpa``) for the
