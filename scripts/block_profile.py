@@ -67,9 +67,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="calibration windows per forward")
     parser.add_argument("--windows", type=int, default=64)
-    parser.add_argument("--compile", action="store_true", help="time eager vs torch.compile of one block forward")
-    parser.add_argument("--heap", action="store_true", help="time the passes without and with reuse_freed_memory, in alternation")
-    parser.add_argument("--attention", action="store_true", help="time the passes with sdpa and with the chunked attention, in alternation")
+    mode = parser.add_mutually_exclusive_group()  # one measurement per run; none: the profile
+    mode.add_argument("--compile", action="store_true", help="time eager vs torch.compile of one block forward")
+    mode.add_argument("--heap", action="store_true", help="time the passes without and with reuse_freed_memory, in alternation")
+    mode.add_argument("--attention", action="store_true", help="time the passes with sdpa and with the chunked attention, in alternation")
     parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention: pairs of rounds (each round: the two passes, twice)")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
