@@ -3,20 +3,22 @@
 Loads the packaged model, catches block 0's inputs for ``--windows`` random-token windows of 512
 tokens in batches of ``--batch``, runs the pipeline's two passes of that block (Wanda's statistics
 hooks, the pass cut short once every layer has its input, then the full re-run), as the pipeline does
-(the heap kept, the chunked attention), once to warm up, then once under ``torch.profiler``, and prints
+(the heap kept, the chunked attention, oneDNN's linear), once to warm up, then once under ``torch.profiler``, and prints
 the self CPU time by kind: matmuls, attention, elementwise work, the statistics, the rest.
 ``--compile`` instead times one block forward eager vs ``torch.compile`` (median of 5, after a
 warm-up) and the compilation itself. ``--heap`` instead times the two passes with the heap as glibc
 leaves it and inside :func:`~prunecli.environment.reuse_freed_memory`; ``--attention``, with
 transformers' ``sdpa`` (PyTorch's CPU flash kernel) and with
-:func:`~prunecli.models.attention.chunked_causal_attention`; each in alternation (``--rounds`` pairs),
-with the minor page faults of each::
+:func:`~prunecli.models.attention.chunked_causal_attention`; ``--linear``, with ``F.linear`` (MKL) and with
+:func:`~prunecli.models.linear.onednn_linear`; each in alternation (``--rounds`` pairs), with the minor page
+faults of each::
 
     python scripts/block_profile.py --batch 8
     python scripts/block_profile.py --batch 1
     python scripts/block_profile.py --batch 8 --compile
     python scripts/block_profile.py --batch 8 --heap
     python scripts/block_profile.py --batch 8 --attention
+    python scripts/block_profile.py --batch 8 --linear
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from prunecli.methods.statistics import InputNorms, collect_inputs  # noqa: E402
 from prunecli.models import load_model, parse_model  # noqa: E402
 from prunecli.models.attention import calibration_attention  # noqa: E402
 from prunecli.models.layout import blocks_of  # noqa: E402
+from prunecli.models.linear import calibration_linear  # noqa: E402
 
-KINDS = {"matmul": ("aten::mm", "aten::addmm"),
+KINDS = {"matmul": ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise"),
          "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::bmm", "aten::_softmax", "aten::masked_fill_"),
          "statistics": ("aten::square", "aten::sum", "aten::_to_copy", "aten::add_"),
          "elementwise": ("aten::mul", "aten::silu", "aten::add", "aten::pow", "aten::cat", "aten::neg", "aten::mean", "aten::rsqrt",
@@ -71,7 +74,8 @@ def main() -> None:
     mode.add_argument("--compile", action="store_true", help="time eager vs torch.compile of one block forward")
     mode.add_argument("--heap", action="store_true", help="time the passes without and with reuse_freed_memory, in alternation")
     mode.add_argument("--attention", action="store_true", help="time the passes with sdpa and with the chunked attention, in alternation")
-    parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention: pairs of rounds (each round: the two passes, twice)")
+    mode.add_argument("--linear", action="store_true", help="time the passes with F.linear and with oneDNN's linear, in alternation")
+    parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention, --linear: pairs of rounds (each round: the two passes, twice)")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose("run")
@@ -101,14 +105,18 @@ def main() -> None:
 
     cpu = torch.device("cpu")
     if args.heap:
-        with calibration_attention(model, cpu):
+        with calibration_attention(model, cpu), calibration_linear(model, cpu):
             alternate(passes, {"default": nullcontext, "reused": reuse_freed_memory}, args.rounds)
         return
     if args.attention:
-        with reuse_freed_memory():
+        with reuse_freed_memory(), calibration_linear(model, cpu):
             alternate(passes, {"sdpa": nullcontext, "chunked": lambda: calibration_attention(model, cpu)}, args.rounds)
         return
-    with reuse_freed_memory(), calibration_attention(model, cpu):
+    if args.linear:
+        with reuse_freed_memory(), calibration_attention(model, cpu):
+            alternate(passes, {"F.linear": nullcontext, "oneDNN": lambda: calibration_linear(model, cpu)}, args.rounds)
+        return
+    with reuse_freed_memory(), calibration_attention(model, cpu), calibration_linear(model, cpu):
         passes()
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             began = time.perf_counter()

@@ -303,12 +303,15 @@ def test_owl_allocation_on_a_model():
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_the_compute_floor_counts_the_block_passes_flops(tmp_path, corpus, method):
-    """tiny_llama (hidden 64, FFN 128, 4 heads of 16, 2 KV heads, 2 blocks), 4 windows of 32 tokens in one batch:
-    a full block forward is 2 x 128 tokens x (64*64 + 2*64*32 + 64*64 + 2*64*128 + 128*64) for the layers plus
-    4 x b h s^2 d = 4 x 4 x 4 x 32^2 x 16 for attention; the statistics pass stops before down_proj runs."""
-    block = 2 * 128 * 36864 + 4 * 4 * 4 * 32**2 * 16
-    calibrate = block - 2 * 128 * 128 * 64
+@pytest.mark.parametrize("windows, batch_size", [(4, 8), (5, 2)])
+def test_the_compute_floor_counts_the_block_passes_flops(tmp_path, corpus, method, windows, batch_size):
+    """tiny_llama (hidden 64, FFN 128, 4 heads of 16, 2 KV heads, 2 blocks), windows of 32 tokens, in one batch or
+    in batches of 2 (the last one short: the counted first batch's FLOPs are scaled to all windows): per window, a
+    full block forward is 2 x 32 tokens x (64*64 + 2*64*32 + 64*64 + 2*64*128 + 128*64) for the layers (on CPU
+    oneDNN's linear, counted like ``mm``) plus 4 x h s^2 d = 4 x 4 x 32^2 x 16 for attention; the statistics pass
+    stops before down_proj runs."""
+    block = windows * (2 * 32 * 36864 + 4 * 4 * 32**2 * 16)
+    calibrate = block - windows * 2 * 32 * 128 * 64
     # SparseGPT: X^T X once per distinct input (q/k/v, o, gate/up: 64 features; down: 128), its upper triangle in
     # 4 bands of rows (band [a, a+d/4) times columns [a, d)), and per layer (out, in) the rank-1 update of column i
     # over the in-1-i later ones: out x in x (in-1) FLOPs (its lazy batch updates multiply nothing here: every
@@ -317,13 +320,16 @@ def test_the_compute_floor_counts_the_block_passes_flops(tmp_path, corpus, metho
         return sum(d // 4 * (d - start) for start in range(0, d, d // 4))
 
     layers = [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
-    hessians = 2 * 128 * (3 * upper_bands(64) + upper_bands(128)) + sum(o * i * (i - 1) for o, i in layers) if method == "sparsegpt" else 0
-    result = run_prune("run", *tiny_cli_args(corpus), f"method={method}", "eval=none", cwd=tmp_path)
+    hessians = (windows * 2 * 32 * (3 * upper_bands(64) + upper_bands(128)) + sum(o * i * (i - 1) for o, i in layers)
+                if method == "sparsegpt" else 0)
+    result = run_prune("run", *tiny_cli_args(corpus), f"method={method}", "eval=none", f"data.nsamples={windows}",
+                       f"method.calibration_batch_size={batch_size}", cwd=tmp_path)
     _, metrics = finished_run(result, tmp_path)
     floor = metrics["floor"]
     # two pruned blocks: a statistics pass each, the re-run of block 0 only (the last block's outputs feed nothing)
     assert floor["flops"] == 2 * (calibrate + hessians) + block
-    assert floor["shapes"] == [[128, 64, 32], [128, 64, 64], [128, 64, 128], [128, 128, 64]]
+    tokens = min(windows, batch_size) * 32
+    assert floor["shapes"] == [[tokens, 64, 32], [tokens, 64, 64], [tokens, 64, 128], [tokens, 128, 64]]
     assert floor["matmul_gflops"] > 0 and floor["floor_s"] == pytest.approx(floor["flops"] / (floor["matmul_gflops"] * 1e9), rel=0.01)
     assert metrics["prune_over_floor"] == pytest.approx(metrics["prune_s"] / floor["floor_s"]) and metrics["prune_over_floor"] > 1
 

@@ -3,14 +3,15 @@
 ``floor_s = matmul FLOPs of the run / the machine's fp32 matmul throughput at the run's shapes``.
 
 * FLOPs: the first block that is pruned is run under ``torch.utils.flop_counter`` (2 per
-  multiply-add of every ``mm`` / ``addmm(_)`` / ``bmm`` / ``addr_`` and fused attention): its
+  multiply-add of every ``mm`` / ``addmm(_)`` / ``bmm`` / ``addr_``, oneDNN linear and fused attention): its
   statistics pass (the hooks' accumulations included, e.g. SparseGPT's ``X^T X``), the method's
   own work on it (SparseGPT's per-column and lazy batch updates; its Cholesky factors and
   elementwise work are left out) and its re-run with the pruned weights. Blocks have one
   shape, so the run's FLOPs are that block's times the number of pruned blocks.
 * Throughput: ``(tokens of a calibration batch) x in @ in x out`` products at each target
-  layer's shape of that block, timed on the execution device (warm-up, the fastest of repeats); the
-  best of them -- the floor assumes every FLOP runs at the best rate this machine reached.
+  layer's shape of that block, timed on the execution device (warm-up, the fastest of repeats), by
+  ``torch.mm`` and, on CPU, by oneDNN (:mod:`prunecli.models.linear`, what the passes run); the best of
+  them -- the floor assumes every FLOP runs at the best rate this machine reached.
 
 ``prune_s / floor_s`` (``metrics.json``: ``floor``) says how far the run is from that floor.
 """
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from prunecli.benchmark.timing import timed
 from prunecli.methods.targets import weight_matrix
+from prunecli.models.linear import ONEDNN_LINEAR
 
 REPEATS = 5
 
@@ -40,7 +42,12 @@ def rank_one_flops(self: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *args, 
     return 2 * a.shape[0] * b.shape[0]
 
 
-product_flops._get_raw = rank_one_flops._get_raw = True  # called with the tensors themselves
+def linear_flops(x: torch.Tensor, weight: torch.Tensor, *args, out_val=None, **kwargs) -> int:
+    """oneDNN's linear ``x W^T (+ b)``: one multiply-add per (row of ``x``, element of ``W``)."""
+    return 2 * (x.numel() // x.shape[-1]) * weight.numel()
+
+
+product_flops._get_raw = rank_one_flops._get_raw = linear_flops._get_raw = True  # called with the tensors themselves
 
 
 def counted_rules() -> dict:
@@ -49,20 +56,27 @@ def counted_rules() -> dict:
 
     aten = torch.ops.aten
     # in-place variants, which torch's counter leaves out: the hooks' X^T X sums and SparseGPT's updates use them
-    return {**ATTENTION_KERNELS, aten.addmm_: product_flops, aten.addr_: rank_one_flops}
+    rules = {**ATTENTION_KERNELS, aten.addmm_: product_flops, aten.addr_: rank_one_flops}
+    return rules if ONEDNN_LINEAR is None else {**rules, ONEDNN_LINEAR: linear_flops}
 
 
 def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """The best FLOP/s of ``(m x k) @ (k x n)`` over ``shapes``: the fastest of :data:`REPEATS` products
-    after a warm-up, each timed and synchronised by :func:`~prunecli.benchmark.timing.timed` (the best rate
-    reached, as the floor assumes; a median let a passing slowdown of the machine lower it by a quarter)."""
+    """The best FLOP/s of ``(m x k) @ (k x n)`` over ``shapes`` and kernels (``torch.mm``; oneDNN's linear on
+    CPU): the fastest of :data:`REPEATS` products after a warm-up, each timed and synchronised by
+    :func:`~prunecli.benchmark.timing.timed` (the best rate reached, as the floor assumes; a median let a
+    passing slowdown of the machine lower it by a quarter)."""
     best = 0.0
     for m, k, n in sorted(shapes):
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
-        timed(lambda: torch.mm(a, b), device)
-        seconds = min(timed(lambda: torch.mm(a, b), device) for _ in range(REPEATS))
-        best = max(best, 2 * m * k * n / seconds)
+        products = [lambda: torch.mm(a, b)]
+        if ONEDNN_LINEAR is not None and device.type == "cpu" and dtype == torch.float32:
+            weight = b.t().contiguous()
+            products.append(lambda: ONEDNN_LINEAR(a, weight, None, "none", [], ""))
+        for product in products:
+            timed(product, device)
+            seconds = min(timed(product, device) for _ in range(REPEATS))
+            best = max(best, 2 * m * k * n / seconds)
     return best
 
 

@@ -13,8 +13,9 @@ Only one block's activations live at a time. Windows go through a block in batch
 statistics, faster), and the C heap keeps the memory they free for the next batch
 (:func:`~prunecli.environment.reuse_freed_memory`; not when offloading). With ``model.offload``
 (``ctx.offload``), only the embeddings (step 1) or the one block being calibrated and pruned
-(step 2) are on the execution device. On CPU the blocks' causal attention runs a chunk of queries at
-a time (:mod:`prunecli.models.attention`) during the passes.
+(step 2) are on the execution device. On CPU, during the passes, the blocks' causal attention runs a
+chunk of queries at a time (:mod:`prunecli.models.attention`) and their linear layers multiply by
+oneDNN (:mod:`prunecli.models.linear`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from prunecli.methods.floor import counting, matmul_shapes
 from prunecli.methods.statistics import Accumulator, InputsCollected, collect_inputs
 from prunecli.models.attention import calibration_attention
 from prunecli.models.layout import blocks_of
+from prunecli.models.linear import calibration_linear
 
 log = logging.getLogger(__name__)
 
@@ -122,32 +124,41 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     start = time.perf_counter()
     with ctx.offload.outer():
         batches = block_inputs(model, blocks[0], windows, batch_size, device)
+    total, first = int(windows.shape[0]), min(batch_size, int(windows.shape[0]))  # windows: all, the first batch's
     block_times = []
-    counted = next((i for i, layers in enumerate(grouped) if layers), None)  # its FLOPs are counted (methods/floor.py)
+    # the FLOPs of the first pruned block are counted (methods/floor.py): its passes on their first batch
+    # (a pass's FLOPs are linear in its windows: scaled by all windows / the first batch's) and its pruning
+    counted = next((i for i, layers in enumerate(grouped) if layers), None)
     last = max((i for i, layers in enumerate(grouped) if layers), default=-1)
-    flops = {"calibrate": 0, "rerun": 0}
+    flops = {"calibrate": 0, "prune": 0, "rerun": 0}
+
+    def run_all(index: int, key: str, run: Callable[[BlockBatch], Any]) -> list:
+        outputs = []
+        for number, batch in enumerate(batches):
+            with counting(index == counted and number == 0, flops, key):
+                outputs.append(run(batch))
+        return outputs
+
     # the passes free and allocate the same activations block after block: keep the freed memory for
     # them (offloading keeps the resident set small instead)
-    with reuse_freed_memory() if ctx.offload.mode == "none" else nullcontext(), calibration_attention(model, device):
+    with (reuse_freed_memory() if ctx.offload.mode == "none" else nullcontext(), calibration_attention(model, device),
+          calibration_linear(model, device)):
         for index, block in enumerate(tqdm(blocks[: last + 1], desc=desc, unit="block")):
             began = time.perf_counter()
             outputs = None
             with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
                 if grouped[index] and before_block is not None:
                     before_block(index, grouped[index])
-                with counting(index == counted, flops, "calibrate"):
-                    if grouped[index] and measure_only:
-                        with collect_inputs(grouped[index], make_stats) as stats:
-                            outputs = [batch.run(block) for batch in batches]
+                if grouped[index]:
+                    with collect_inputs(grouped[index], make_stats, stop_when_done=not measure_only) as stats:
+                        if measure_only:
+                            outputs = run_all(index, "calibrate", lambda batch: batch.run(block))
+                        else:
+                            run_all(index, "calibrate", lambda batch: run_until_inputs_collected(batch, block))
+                    with counting(index == counted, flops, "prune"):
                         prune_block(index, grouped[index], stats)
-                    elif grouped[index]:
-                        with collect_inputs(grouped[index], make_stats, stop_when_done=True) as stats:
-                            for batch in batches:
-                                run_until_inputs_collected(batch, block)
-                        prune_block(index, grouped[index], stats)
-                with counting(index == counted and outputs is None, flops, "rerun"):
-                    if outputs is None and index < last:
-                        outputs = [batch.run(block) for batch in batches]
+                if outputs is None and index < last:
+                    outputs = run_all(index, "rerun", lambda batch: batch.run(block))
             for batch, output in zip(batches, outputs or []):
                 batch.hidden = output
             block_times.append(time.perf_counter() - began)
@@ -156,8 +167,8 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
         "windows": int(windows.shape[0]), "tokens": int(windows.numel()), "batch_size": batch_size,
         "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
         # matmul FLOPs of the block passes (the counted block's, times the blocks that ran them), and their shapes
-        "flops": flops["calibrate"] * pruned_blocks + flops["rerun"] * max(last, 0),
-        "shapes": sorted(matmul_shapes(grouped[counted], min(batch_size, int(windows.shape[0])) * int(windows.shape[1])))
+        "flops": (flops["calibrate"] * total // first + flops["prune"]) * pruned_blocks + flops["rerun"] * total // first * max(last, 0),
+        "shapes": sorted(matmul_shapes(grouped[counted], first * int(windows.shape[1])))
                   if counted is not None else [],
     }
 
