@@ -88,13 +88,20 @@ def test_calibration_attention_switches_an_sdpa_model_on_cpu_only_while_inside()
         assert model.config._attn_implementation == "eager"
 
 
-def test_the_layerwise_passes_run_chunked_attention(monkeypatch):
-    """Wanda's block passes on a tiny Llama call the chunked attention (and it computes, not delegates)."""
+def covered_in_wanda_passes(monkeypatch, kernels) -> tuple[list[bool], torch.nn.Module]:
+    """Wanda's block passes on a tiny Llama (2 blocks, 4 windows of 16 tokens, one batch), with every
+    ``kernels.covered`` verdict recorded: the verdicts and the pruned model."""
     covered = []
-    original = attention.covered
-    monkeypatch.setattr(attention, "covered", lambda *args: covered.append(original(*args)) or covered[-1])
+    original = kernels.covered
+    monkeypatch.setattr(kernels, "covered", lambda *args: covered.append(original(*args)) or covered[-1])
     model = tiny_model("llama")
     windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
     METHODS.get("wanda").prune(context(model, "wanda", windows))
+    return covered, model
+
+
+def test_the_layerwise_passes_run_chunked_attention(monkeypatch):
+    """Wanda's block passes on a tiny Llama call the chunked attention (and it computes, not delegates)."""
+    covered, model = covered_in_wanda_passes(monkeypatch, attention)
     assert covered and all(covered)
     assert model.config._attn_implementation == "sdpa"

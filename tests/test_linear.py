@@ -6,12 +6,10 @@ from hypothesis import given, settings, strategies as st
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunecli.methods import METHODS
 from prunecli.methods.floor import counted_rules
 from prunecli.models import linear
 from prunecli.models.linear import ONEDNN_LINEAR, calibration_linear, onednn_linear
-from tests.conftest import tiny_model
-from tests.test_oneshot import context
+from tests.test_attention import covered_in_wanda_passes
 
 pytestmark = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this torch build has no oneDNN (mkldnn) linear")
 
@@ -93,12 +91,7 @@ def test_the_flop_counter_counts_onednn_linear_as_f_linear():
 def test_the_layerwise_passes_multiply_by_onednn(monkeypatch):
     """Wanda's block passes on a tiny Llama run every block linear layer through oneDNN (and it computes, not
     delegates); the model's forwards are its own again afterwards."""
-    covered = []
-    original = linear.covered
-    monkeypatch.setattr(linear, "covered", lambda *args: covered.append(original(*args)) or covered[-1])
-    model = tiny_model("llama")
-    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
-    METHODS.get("wanda").prune(context(model, "wanda", windows))
+    covered, model = covered_in_wanda_passes(monkeypatch, linear)
     # 2 blocks: a statistics pass each (cut short before down_proj: 6 layers), the re-run of block 0 (7)
     assert len(covered) == 6 + 6 + 7 and all(covered)
     assert not any("forward" in vars(module) for module in model.modules())
