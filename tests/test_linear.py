@@ -61,7 +61,7 @@ def test_calibration_linear_swaps_plain_linear_forwards_on_cpu_only_while_inside
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), Scaled(8, 8))
     seen = []
-    model[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    model[0].register_forward_pre_hook(lambda module, args: args and seen.append(args[0].shape))
     x = torch.randn(3, 8)
     with torch.no_grad():
         dense = model(x)
@@ -74,7 +74,10 @@ def test_calibration_linear_swaps_plain_linear_forwards_on_cpu_only_while_inside
         assert "forward" not in vars(model[0])
         with calibration_linear(model, torch.device("meta")):
             assert "forward" not in vars(model[0])
+        with calibration_linear(model, torch.device("cpu")):
+            keyword = model[0](input=x)  # nn.Linear.forward's own argument name
     assert seen == [(3, 8), (3, 8)]
+    torch.testing.assert_close(keyword, model[0](x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(swapped, dense, atol=1e-5, rtol=1e-5)
 
 

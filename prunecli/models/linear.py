@@ -35,11 +35,11 @@ def covered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
             and weight.dim() == 2 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
-def onednn_linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``'s ``x W^T + b`` by oneDNN where :func:`covered`, else by ``F.linear``."""
-    if not covered(x, module.weight, module.bias):
-        return F.linear(x, module.weight, module.bias)
-    return ONEDNN_LINEAR(x, module.weight, module.bias, "none", [], "")
+def onednn_linear(module: nn.Linear, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.Linear.forward's name)
+    """``module(input)``'s ``input W^T + b`` by oneDNN where :func:`covered`, else by ``F.linear``."""
+    if not covered(input, module.weight, module.bias):
+        return F.linear(input, module.weight, module.bias)
+    return ONEDNN_LINEAR(input, module.weight, module.bias, "none", [], "")
 
 
 def plain_linears(model: nn.Module) -> list[nn.Linear]:
