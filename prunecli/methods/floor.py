@@ -4,10 +4,11 @@
 
 * FLOPs: the first block that is pruned is run under ``torch.utils.flop_counter`` (2 per
   multiply-add of every ``mm`` / ``addmm(_)`` / ``bmm`` / ``addr_``, oneDNN linear and fused attention): its
-  statistics pass (the hooks' accumulations included, e.g. SparseGPT's ``X^T X``), the method's
-  own work on it (SparseGPT's per-column and lazy batch updates; its Cholesky factors and
-  elementwise work are left out) and its re-run with the pruned weights. Blocks have one
-  shape, so the run's FLOPs are that block's times the number of pruned blocks.
+  statistics pass (the hooks' accumulations included, e.g. SparseGPT's ``X^T X``) and its re-run with
+  the pruned weights on their first batch of windows, scaled to all windows (a pass's FLOPs are linear
+  in its windows), and the method's own work on it (SparseGPT's per-column and lazy batch updates; its
+  Cholesky factors and elementwise work are left out). Blocks have one shape, so the run's FLOPs are
+  that block's times the number of pruned blocks.
 * Throughput: ``(tokens of a calibration batch) x in @ in x out`` products at each target
   layer's shape of that block, timed on the execution device (warm-up, the fastest of repeats), by
   ``torch.mm`` and, on CPU, by oneDNN (:mod:`prunecli.models.linear`, what the passes run); the best of
