@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from prunecli.methods.floor import counted_rules
 from prunecli.models import linear
-from prunecli.models.linear import ONEDNN_LINEAR, calibration_linear, onednn_linear
+from prunecli.models.linear import ONEDNN_LINEAR, calibration_linear, onednn_linear, onednn_product
 from tests.test_attention import covered_in_wanda_passes
 
 pytestmark = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this torch build has no oneDNN (mkldnn) linear")
@@ -84,7 +84,7 @@ def test_calibration_linear_swaps_plain_linear_forwards_on_cpu_only_while_inside
 def test_the_flop_counter_counts_onednn_linear_as_f_linear():
     x, weight, bias = torch.randn(2, 5, 16), torch.randn(7, 16), torch.randn(7)
     counts = []
-    for product in (lambda: F.linear(x, weight, bias), lambda: ONEDNN_LINEAR(x, weight, bias, "none", [], "")):
+    for product in (lambda: F.linear(x, weight, bias), lambda: onednn_product(x, weight, bias)):
         with FlopCounterMode(display=False, custom_mapping=counted_rules()) as counter:
             product()
         counts.append(counter.get_total_flops())

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from prunecli.benchmark.timing import timed
 from prunecli.methods.targets import weight_matrix
-from prunecli.models.linear import ONEDNN_LINEAR
+from prunecli.models.linear import ONEDNN_LINEAR, covered, onednn_product
 
 REPEATS = 5
 
@@ -70,10 +70,10 @@ def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, d
     for m, k, n in sorted(shapes):
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
+        weight = b.t().contiguous()  # oneDNN's linear multiplies by weight^T = b
         products = [lambda: torch.mm(a, b)]
-        if ONEDNN_LINEAR is not None and device.type == "cpu" and dtype == torch.float32:
-            weight = b.t().contiguous()
-            products.append(lambda: ONEDNN_LINEAR(a, weight, None, "none", [], ""))
+        if covered(a, weight, None):
+            products.append(lambda: onednn_product(a, weight))
         for product in products:
             timed(product, device)
             seconds = min(timed(product, device) for _ in range(REPEATS))

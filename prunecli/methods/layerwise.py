@@ -164,7 +164,7 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
             block_times.append(time.perf_counter() - began)
     pruned_blocks = sum(1 for layers in grouped if layers)
     ctx.stats.setdefault("calibration", {})[desc] = {
-        "windows": int(windows.shape[0]), "tokens": int(windows.numel()), "batch_size": batch_size,
+        "windows": total, "tokens": int(windows.numel()), "batch_size": batch_size,
         "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
         # matmul FLOPs of the block passes (the counted block's, times the blocks that ran them), and their shapes
         "flops": (flops["calibrate"] * total // first + flops["prune"]) * pruned_blocks + flops["rerun"] * total // first * max(last, 0),

@@ -36,11 +36,16 @@ def covered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
             and weight.dim() == 2 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
 
 
+def onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x W^T + b`` by oneDNN, no post-op (for operands :func:`covered`)."""
+    return ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+
+
 def onednn_linear(module: nn.Linear, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (nn.Linear.forward's name)
     """``module(input)``'s ``input W^T + b`` by oneDNN where :func:`covered`, else by ``F.linear``."""
     if not covered(input, module.weight, module.bias):
         return F.linear(input, module.weight, module.bias)
-    return ONEDNN_LINEAR(input, module.weight, module.bias, "none", [], "")
+    return onednn_product(input, module.weight, module.bias)
 
 
 def plain_linears(model: nn.Module) -> list[nn.Linear]:
