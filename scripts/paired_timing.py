@@ -19,7 +19,8 @@ each other here). Per pair: the ratio A / B of the whole process's wall time and
     python scripts/paired_timing.py --method wanda --pairs 3 --reference-code ~/wanda
     python scripts/paired_timing.py --method sparsegpt --pairs 3 --out experiments/oneshot_llm/timing_sparsegpt.csv
 
-Rows (one per run, with its command) go to ``--out`` (CSV), the summary to standard output.
+Rows (one per run, with its command and, for prunecli's, ``prune_s`` split into its stages: ``stage_*_s``) go
+to ``--out`` (CSV), the summary to standard output.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ sys.path.insert(0, str(REPO))
 from prunecli.environment import cpu_name  # noqa: E402
 
 REFERENCE_ORDER = {"sparsegpt": ["method.obs_schedule=per_layer"]}  # the reference's layer order, beyond one window at a time
+# prune_s in its stages (metrics.json's calibration.<method>.stage_seconds): the statistics passes, the method, the re-runs
+STAGE_COLUMNS = ("stage_calibrate_s", "stage_prune_s", "stage_rerun_s")
 PROTOCOL = ["sparsity=0.5", "data/calibration=news_sample", "data.nsamples=64", "data.seqlen=512", "data.seed=0",
             "eval=none", "benchmark=none"]
 
@@ -75,6 +78,7 @@ def authors_run(method: str, code: Path, folder: Path, calibration: Path | None 
     row = json.loads(out.read_text())
     return {"method": method, "schedule": "authors", "device": cpu_name(), "windows": 1,
             "wall_s": round(wall, 2), "prune_s": row["prune_s"], "floor_s": float("nan"), "prune_over_floor": float("nan"),
+            **dict.fromkeys(STAGE_COLUMNS, float("nan")),
             "command": shlex.join(["python", *command[1:-2]])}
 
 
@@ -95,6 +99,7 @@ def timed_run(method: str, schedule: str, extra: list[str], folder: Path, batch:
     return {"method": method, "schedule": schedule, "device": device, "windows": metrics["config"]["method"]["calibration_batch_size"],
             "wall_s": round(wall, 2), "prune_s": round(metrics["prune_s"], 2),
             "floor_s": round(floor.get("floor_s", float("nan")), 2), "prune_over_floor": round(floor.get("prune_over_floor", float("nan")), 3),
+            **{f"stage_{stage}_s": round(seconds, 2) for stage, seconds in metrics["calibration"][method]["stage_seconds"].items()},
             "command": shlex.join(["prune", "run", *overrides[:-1]])}
 
 

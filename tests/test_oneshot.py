@@ -234,7 +234,11 @@ def test_every_family_prunes_to_exact_sparsity(arch, method):
     for module in ctx.layers.values():
         weight = weight_matrix(module)
         assert torch.all((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == 2)  # exactly N kept per group of M
-    assert len(ctx.stats["calibration"][method]["block_seconds"]) == 2
+    calibration = ctx.stats["calibration"][method]
+    assert len(calibration["block_seconds"]) == 2
+    stages = calibration["stage_seconds"]
+    assert set(stages) == {"calibrate", "prune", "rerun"} and all(value > 0 for value in stages.values())
+    assert sum(stages.values()) <= sum(calibration["block_seconds"]) + 0.003  # within the blocks (rounded to ms)
 
 
 def test_pruned_block_outputs_feed_the_next_block():
@@ -298,6 +302,8 @@ def test_owl_allocation_on_a_model():
     ctx.layer_sparsity = ALLOCATIONS.get("owl")(ctx, OmegaConf.create({"owl": {"lambda": 0.1, "M": 3}}))
     assert set(ctx.layer_sparsity) == set(ctx.layers)
     assert sum(ctx.stats["owl"]["block_sparsity"]) / 2 == pytest.approx(0.5)
+    dense_pass = ctx.stats["calibration"]["owl"]["stage_seconds"]
+    assert dense_pass["calibrate"] > 0 and dense_pass["rerun"] == 0  # its statistics pass's outputs feed the next block
     with pytest.raises(PruneError, match="N:M"):
         ALLOCATIONS.get("owl")(context(model, "wanda", torch.randint(0, 97, (2, 8)), nm=(2, 4)), OmegaConf.create({"owl": {"lambda": 0.1, "M": 3}}))
 

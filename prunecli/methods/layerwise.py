@@ -131,12 +131,15 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     counted = next((i for i, layers in enumerate(grouped) if layers), None)
     last = max((i for i, layers in enumerate(grouped) if layers), default=-1)
     flops = {"calibrate": 0, "prune": 0, "rerun": 0}
+    seconds = dict.fromkeys(flops, 0.0)  # wall seconds of each stage, over all blocks
 
     def run_all(index: int, key: str, run: Callable[[BlockBatch], Any]) -> list:
+        began = time.perf_counter()
         outputs = []
         for number, batch in enumerate(batches):
             with counting(index == counted and number == 0, flops, key):
                 outputs.append(run(batch))
+        seconds[key] += time.perf_counter() - began
         return outputs
 
     # the passes free and allocate the same activations block after block: keep the freed memory for
@@ -155,8 +158,10 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
                             outputs = run_all(index, "calibrate", lambda batch: batch.run(block))
                         else:
                             run_all(index, "calibrate", lambda batch: run_until_inputs_collected(batch, block))
+                    began_pruning = time.perf_counter()
                     with counting(index == counted, flops, "prune"):
                         prune_block(index, grouped[index], stats)
+                    seconds["prune"] += time.perf_counter() - began_pruning
                 if outputs is None and index < last:
                     outputs = run_all(index, "rerun", lambda batch: batch.run(block))
             for batch, output in zip(batches, outputs or []):
@@ -166,6 +171,9 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     ctx.stats.setdefault("calibration", {})[desc] = {
         "windows": total, "tokens": int(windows.numel()), "batch_size": batch_size,
         "seconds": time.perf_counter() - start, "block_seconds": [round(t, 3) for t in block_times],
+        # where they went: the statistics passes, the method's own work, the re-runs (the rest: catching block 0's
+        # inputs, moving offloaded blocks, the update stage's before_block)
+        "stage_seconds": {key: round(value, 3) for key, value in seconds.items()},
         # matmul FLOPs of the block passes (the counted block's, times the blocks that ran them), and their shapes
         "flops": (flops["calibrate"] * total // first + flops["prune"]) * pruned_blocks + flops["rerun"] * total // first * max(last, 0),
         "shapes": sorted(matmul_shapes(grouped[counted], first * int(windows.shape[1])))
