@@ -44,9 +44,14 @@ from prunecli.environment import cpu_name  # noqa: E402
 
 REFERENCE_ORDER = {"sparsegpt": ["method.obs_schedule=per_layer"]}  # the reference's layer order, beyond one window at a time
 # prune_s in its stages (metrics.json's calibration.<method>.stage_seconds): the statistics passes, the method, the re-runs
-STAGE_COLUMNS = ("stage_calibrate_s", "stage_prune_s", "stage_rerun_s")
+STAGES = ("calibrate", "prune", "rerun")
 PROTOCOL = ["sparsity=0.5", "data/calibration=news_sample", "data.nsamples=64", "data.seqlen=512", "data.seed=0",
             "eval=none", "benchmark=none"]
+
+
+def stage_columns(stage_seconds: dict | None) -> dict:
+    """The CSV's ``stage_*_s`` columns from a run's ``stage_seconds`` (NaN for a run without them: the authors')."""
+    return {f"stage_{stage}_s": round(stage_seconds[stage], 2) if stage_seconds else float("nan") for stage in STAGES}
 
 
 def protocol(calibration: Path | None) -> list[str]:
@@ -78,7 +83,7 @@ def authors_run(method: str, code: Path, folder: Path, calibration: Path | None 
     row = json.loads(out.read_text())
     return {"method": method, "schedule": "authors", "device": cpu_name(), "windows": 1,
             "wall_s": round(wall, 2), "prune_s": row["prune_s"], "floor_s": float("nan"), "prune_over_floor": float("nan"),
-            **dict.fromkeys(STAGE_COLUMNS, float("nan")),
+            **stage_columns(None),
             "command": shlex.join(["python", *command[1:-2]])}
 
 
@@ -99,7 +104,7 @@ def timed_run(method: str, schedule: str, extra: list[str], folder: Path, batch:
     return {"method": method, "schedule": schedule, "device": device, "windows": metrics["config"]["method"]["calibration_batch_size"],
             "wall_s": round(wall, 2), "prune_s": round(metrics["prune_s"], 2),
             "floor_s": round(floor.get("floor_s", float("nan")), 2), "prune_over_floor": round(floor.get("prune_over_floor", float("nan")), 3),
-            **{f"stage_{stage}_s": round(seconds, 2) for stage, seconds in metrics["calibration"][method]["stage_seconds"].items()},
+            **stage_columns(metrics["calibration"][method]["stage_seconds"]),
             "command": shlex.join(["prune", "run", *overrides[:-1]])}
 
 

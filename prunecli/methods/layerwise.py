@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -133,13 +133,20 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
     flops = {"calibrate": 0, "prune": 0, "rerun": 0}
     seconds = dict.fromkeys(flops, 0.0)  # wall seconds of each stage, over all blocks
 
-    def run_all(index: int, key: str, run: Callable[[BlockBatch], Any]) -> list:
+    @contextmanager
+    def stage(key: str) -> Iterator[None]:
         began = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds[key] += time.perf_counter() - began
+
+    def run_all(index: int, key: str, run: Callable[[BlockBatch], Any]) -> list:
         outputs = []
-        for number, batch in enumerate(batches):
-            with counting(index == counted and number == 0, flops, key):
-                outputs.append(run(batch))
-        seconds[key] += time.perf_counter() - began
+        with stage(key):
+            for number, batch in enumerate(batches):
+                with counting(index == counted and number == 0, flops, key):
+                    outputs.append(run(batch))
         return outputs
 
     # the passes free and allocate the same activations block after block: keep the freed memory for
@@ -158,10 +165,8 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
                             outputs = run_all(index, "calibrate", lambda batch: batch.run(block))
                         else:
                             run_all(index, "calibrate", lambda batch: run_until_inputs_collected(batch, block))
-                    began_pruning = time.perf_counter()
-                    with counting(index == counted, flops, "prune"):
+                    with stage("prune"), counting(index == counted, flops, "prune"):
                         prune_block(index, grouped[index], stats)
-                    seconds["prune"] += time.perf_counter() - began_pruning
                 if outputs is None and index < last:
                     outputs = run_all(index, "rerun", lambda batch: batch.run(block))
             for batch, output in zip(batches, outputs or []):
