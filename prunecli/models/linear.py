@@ -5,9 +5,10 @@ inductor's CPU backend calls) instead of MKL's ``sgemm``, which ``F.linear`` cal
 PyTorch ships runs its AVX2 code on AMD CPUs; oneDNN runs AVX-512 where the CPU has it. On the 2-core
 AMD EPYC VM (Zen 4) one SmolLM2-135M block's two calibration passes ran 0.911x (0.890-0.929, 5 pairs) the
 time with it (``python scripts/block_profile.py --batch 8 --linear``: the passes with MKL and with oneDNN
-in alternation); oneDNN's fp32 products there reach 200-218 GFLOP/s at SmolLM2's shapes, MKL's
-140-195. Both accumulate in fp32 (oneDNN's fp32 math follows ``torch.get_float32_matmul_precision()``,
-``highest`` by default, as MKL's does), so results differ in summation order only, not to the bit.
+in alternation); there the floor's best-rate products at SmolLM2's shapes (``metrics.json``'s
+``floor.matmul_gflops``) read 211-220 GFLOP/s with oneDNN, 193-204 with MKL alone. Both accumulate in
+fp32 (oneDNN's fp32 math follows ``torch.get_float32_matmul_precision()``, ``highest`` by default, as MKL's
+does), so results differ in summation order only, not to the bit.
 
 :func:`calibration_linear` points the ``forward`` of a model's plain ``nn.Linear`` modules at
 :func:`onednn_linear` for the duration of the block passes, on CPU (their hooks still run: only
