@@ -11,7 +11,9 @@ leaves it and inside :func:`~prunecli.environment.reuse_freed_memory`; ``--atten
 transformers' ``sdpa`` (PyTorch's CPU flash kernel) and with
 :func:`~prunecli.models.attention.chunked_causal_attention`; ``--linear``, with ``F.linear`` (MKL) and with
 :func:`~prunecli.models.linear.onednn_linear`; each in alternation (``--rounds`` pairs), with the minor page
-faults of each::
+faults of each. ``--prefault`` instead reads and then writes every block's linear weights as a pruning method does
+(the statistics pass reads them, the method zeroes half of them), every other block after
+:func:`~prunecli.environment.prefault_for_writing`, and prints the seconds and minor faults per block of each::
 
     python scripts/block_profile.py --batch 8
     python scripts/block_profile.py --batch 1
@@ -19,6 +21,7 @@ faults of each::
     python scripts/block_profile.py --batch 8 --heap
     python scripts/block_profile.py --batch 8 --attention
     python scripts/block_profile.py --batch 8 --linear
+    python scripts/block_profile.py --prefault
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from prunecli.environment import reuse_freed_memory  # noqa: E402
+from prunecli.environment import prefault_for_writing, reuse_freed_memory  # noqa: E402
 from prunecli.methods.layerwise import block_inputs, run_until_inputs_collected  # noqa: E402
 from prunecli.methods.statistics import InputNorms, collect_inputs  # noqa: E402
 from prunecli.models import load_model, parse_model  # noqa: E402
@@ -75,12 +78,16 @@ def main() -> None:
     mode.add_argument("--heap", action="store_true", help="time the passes without and with reuse_freed_memory, in alternation")
     mode.add_argument("--attention", action="store_true", help="time the passes with sdpa and with the chunked attention, in alternation")
     mode.add_argument("--linear", action="store_true", help="time the passes with F.linear and with oneDNN's linear, in alternation")
+    mode.add_argument("--prefault", action="store_true", help="time reading then writing each block's weights, every other block prefaulted")
     parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention, --linear: pairs of rounds (each round: the two passes, twice)")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose("run")
     model = load_model(parse_model(cfg.model)).model
     _, blocks = blocks_of(model)
+    if args.prefault:
+        time_writes(blocks)
+        return
     block = blocks[0]
     windows = torch.randint(0, model.config.vocab_size, (args.windows, 512), generator=torch.Generator().manual_seed(0))
     batches = block_inputs(model, block, windows, args.batch, torch.device("cpu"))
@@ -130,6 +137,29 @@ def main() -> None:
     print(f"one block, {args.windows} windows in batches of {args.batch}: {wall:.2f} s under the profiler; self CPU time:")
     for kind, value in seconds.most_common():
         print(f"  {kind:12s} {value:6.3f} s  {value / total:6.1%}")
+
+
+def time_writes(blocks: list[torch.nn.Module]) -> None:
+    """Each block's linear weights read (a sum, as the statistics pass reads them) then half of each zeroed in place (as
+    a method writes them), the odd blocks after :func:`~prunecli.environment.prefault_for_writing` (its time counted):
+    the seconds and minor page faults of each block, median per kind."""
+    figures: dict[str, list[tuple[float, int]]] = {"faulted": [], "prefaulted": []}
+    for index, block in enumerate(blocks):
+        weights = [module.weight for module in block.modules() if isinstance(module, torch.nn.Linear)]
+        masks = [torch.rand(weight.shape, generator=torch.Generator().manual_seed(index)) < 0.5 for weight in weights]
+        faults, began = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        if index % 2 and not prefault_for_writing(weights):
+            raise SystemExit("madvise(MADV_POPULATE_WRITE) refused here (Linux 5.14+ only)")
+        for weight, mask in zip(weights, masks):
+            weight.sum()
+            weight.masked_fill_(mask, 0)
+        figures["prefaulted" if index % 2 else "faulted"].append(
+            (time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    pages = sum(w.numel() * w.element_size() for w in weights) / resource.getpagesize()
+    for name, values in figures.items():
+        seconds = statistics.median(s for s, _ in values)
+        print(f"{name:10s} per block: {seconds * 1e3:.1f} ms (of {', '.join(f'{s * 1e3:.0f}' for s, _ in values)}), "
+              f"minor faults median {statistics.median(f for _, f in values):.0f}; {seconds / pages * 1e6:.1f} us per page of weights")
 
 
 def alternate(passes: Callable[[], None], settings: dict[str, Callable[[], ContextManager]], rounds: int) -> None:

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from prunecli.environment import _libc
+from prunecli.environment import _libc, prefault_for_writing
 
 # In a fresh interpreter (the heap of this one is shaped by every test before): minor page faults while
 # 4 blocks of 25 MB are allocated, touched and freed, 3 rounds after a first one -- 100 MB freed at once
@@ -52,3 +54,33 @@ def test_freed_memory_is_reused_inside_and_released_after():
     # fewer page faults inside: how many glibc takes as it is (one to all three of the rounds' pages, with
     # the heap's layout) and inside (none, or one round's as the heap first grows) varies from run to run
     assert faults["inside"] <= faults["outside"] and faults["outside"] >= pages // 4
+
+
+def copy_on_write_map(path: Path, values: int) -> torch.Tensor:
+    """A tensor over a private (copy-on-write) memory map of a file of ``values`` float32s 0, 1, 2, ..., as
+    safetensors loads a checkpoint; read once, as the statistics pass reads the weights."""
+    if not path.exists():
+        np.arange(values, dtype=np.float32).tofile(path)
+    tensor = torch.from_numpy(np.memmap(path, dtype=np.float32, mode="c", shape=(values,)))
+    tensor.sum()
+    return tensor
+
+
+def write_faults(tensor: torch.Tensor) -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    tensor.mul_(2)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_prefaulted_weights_are_written_without_a_fault_a_page(tmp_path):
+    """Written as they are, a mapped file's 1,024 pages fault once each; prefaulted, (next to) none do; the values
+    are written either way, and the file never changes."""
+    path, pages = tmp_path / "weights.bin", 1024
+    values = pages * resource.getpagesize() // 4
+    assert write_faults(copy_on_write_map(path, values)) >= pages
+    tensor = copy_on_write_map(path, values)
+    if not prefault_for_writing([tensor]):
+        pytest.skip("madvise(MADV_POPULATE_WRITE) refused: Linux 5.14+ only")
+    assert write_faults(tensor) < 16
+    assert torch.equal(tensor, 2 * torch.arange(values, dtype=torch.float32))
+    assert torch.equal(torch.from_numpy(np.fromfile(path, dtype=np.float32)), torch.arange(values, dtype=torch.float32))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunecli.errors import PruneError
-from prunecli.methods.masks import global_masks, layerwise_mask, lowest_k, nm_mask, parse_pattern, prune_count, rowwise_mask
+from prunecli.methods.masks import global_masks, kth_smallest, layerwise_mask, lowest_k, nm_mask, parse_pattern, prune_count, rowwise_mask
 
 few_levels = st.integers(min_value=1, max_value=5)
 
@@ -25,6 +25,34 @@ def test_lowest_k_prunes_exactly_k_with_ties_to_lower_index(n, sparsity, levels,
     expected = torch.zeros(n, dtype=torch.bool)
     expected[torch.sort(scores, stable=True).indices[:k]] = True
     assert torch.equal(mask, expected)
+
+
+def same_value(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a, b) or bool(a.isnan() and b.isnan())
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(width=32), st.sampled_from([0.0, -0.0, 1.0])), min_size=1, max_size=300),
+       data=st.data())
+def test_kth_smallest_is_kthvalue_for_any_scores(values, data):
+    """Ties, zeros of either sign, infinities, NaN: samples of 2-8 put the sampled bracket (and its misses) to work on
+    inputs this small."""
+    scores = torch.tensor(values, dtype=torch.float32)
+    k = data.draw(st.integers(1, len(values)))
+    expected = torch.kthvalue(scores, k).values
+    for sample in (2, 3, 8):
+        assert same_value(kth_smallest(scores, k, sample), expected)
+
+
+def test_kth_smallest_selects_among_a_few_percent_of_many_scores(monkeypatch):
+    """200,000 scores with ties: the same value as kthvalue over all, from one kthvalue over < 10% of them."""
+    scores = (torch.rand(200_000, generator=torch.Generator().manual_seed(0)) * 5000).floor()
+    expected = torch.kthvalue(scores, 123_457).values
+    sizes = []
+    kthvalue = torch.kthvalue
+    monkeypatch.setattr(torch, "kthvalue", lambda values, k: sizes.append(values.numel()) or kthvalue(values, k))
+    assert torch.equal(kth_smallest(scores, 123_457), expected)
+    assert len(sizes) == 1 and sizes[0] < 20_000
 
 
 def test_prune_count_is_robust_to_float_error():

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS, owl_block_sparsities
+from prunecli.methods import layerwise
 from prunecli.methods.masks import layerwise_mask, prune_count, rowwise_mask
 from prunecli.methods.sparsegpt import obs_factor, one_cpu_thread, sparsegpt_layer, sparsegpt_shared
 from prunecli.methods.statistics import Hessian, InputNorms, collect_inputs, shared_inputs
@@ -239,6 +240,29 @@ def test_every_family_prunes_to_exact_sparsity(arch, method):
     stages = calibration["stage_seconds"]
     assert set(stages) == {"calibrate", "prune", "rerun"} and all(value > 0 for value in stages.values())
     assert sum(stages.values()) <= sum(calibration["block_seconds"]) + 0.003  # within the blocks (rounded to ms)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_the_walk_prefaults_a_blocks_weights_before_reading_them(monkeypatch, method):
+    """Each pruned block's target weights, exactly, are made writable (environment.prefault_for_writing) before the
+    block's first pass reads them; OWL's dense pass writes nothing and prefaults nothing."""
+    events = []
+    monkeypatch.setattr(layerwise, "prefault_for_writing", lambda tensors: events.append(("prefault", {id(t) for t in tensors})) or True)
+    model = tiny_model("llama")
+    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
+    ctx = context(model, method, windows)
+    for module in ctx.layers.values():
+        module.register_forward_pre_hook(lambda module, args: events.append(("read", id(module.weight))))
+    ALLOCATIONS.get("owl")(ctx, OmegaConf.create({"owl": {"lambda": 0.1, "M": 3}}))
+    assert events and not any(kind == "prefault" for kind, _ in events)
+    events.clear()
+    METHODS.get(method).prune(ctx)
+    prefaults = [(position, ids) for position, (kind, ids) in enumerate(events) if kind == "prefault"]
+    for index, (position, ids) in enumerate(prefaults):
+        block = {id(m.weight) for name, m in ctx.layers.items() if f".layers.{index}." in name}
+        assert ids == block
+        assert not any(kind == "read" and weight in block for kind, weight in events[:position])
+    assert len(prefaults) == 2
 
 
 def test_pruned_block_outputs_feed_the_next_block():

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from prunecli.environment import reuse_freed_memory
+from prunecli.environment import prefault_for_writing, reuse_freed_memory
 from prunecli.errors import PruneError
 from prunecli.methods.floor import counting, matmul_shapes
 from prunecli.methods.statistics import Accumulator, InputsCollected, collect_inputs
@@ -157,6 +157,9 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
             began = time.perf_counter()
             outputs = None
             with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
+                if grouped[index] and not measure_only:  # their weights will be written in place: made writable before
+                    with stage("prune"):                    # the first pass reads them (environment.prefault_for_writing)
+                        prefault_for_writing(p for layer in grouped[index].values() for p in layer.parameters(recurse=False))
                 if grouped[index] and before_block is not None:
                     before_block(index, grouped[index])
                 if grouped[index]:

@@ -26,17 +26,47 @@ def prune_count(numel: int, sparsity: float) -> int:
     return min(numel, math.floor(sparsity * numel + 1e-6))
 
 
+SAMPLE = 4096  # kth_smallest: scores in the sample that brackets the k-th
+
+
+def kth_smallest(scores: torch.Tensor, k: int, sample: int = SAMPLE) -> torch.Tensor:
+    """The ``k``-th smallest of the 1-D ``scores`` (1-based): exactly ``torch.kthvalue(scores, k).values``, in less
+    time on large inputs.
+
+    Up to ``4 * sample`` scores: ``kthvalue`` itself. Beyond: every ``n // sample``-th score is sorted, and the sample's
+    scores at ranks ``k / n * sample +- (4 sigma + 8)`` (sigma: the standard deviation of a sample quantile's rank,
+    ``sqrt(size * p * (1 - p))``) bracket the k-th, ``[lo, hi]``; with ``b`` scores below ``lo``, the answer is the
+    ``(k - b)``-th smallest of the scores inside ``[lo, hi]`` (a few percent of them), when ``b < k <= b + inside``.
+    Otherwise (a bracket that misses, NaN among the scores) ``kthvalue`` runs on all of them. On CPU ``kthvalue``
+    runs on one thread; SparseGPT calls this for every block of columns of every layer.
+    """
+    n = scores.numel()
+    if n <= 4 * sample:
+        return torch.kthvalue(scores, k).values
+    sorted_sample = torch.sort(scores[:: n // sample]).values
+    size, share = sorted_sample.numel(), (k - 0.5) / n
+    margin = int(4 * math.sqrt(size * share * (1 - share))) + 8
+    rank = int(share * size)
+    lo, hi = sorted_sample[max(rank - margin, 0)], sorted_sample[min(rank + margin, size - 1)]
+    below = scores < lo
+    before = int(below.sum())
+    inside = scores[(scores <= hi).logical_and_(below.logical_not_())]
+    if before < k <= before + inside.numel():
+        return torch.kthvalue(inside, k - before).values
+    return torch.kthvalue(scores, k).values
+
+
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of the ``k`` lowest entries of a 1-D tensor; ties go to the lower index.
 
-    Uses ``kthvalue`` rather than a full sort, so it scales to global masks over ~1e8 scores.
+    Uses :func:`kth_smallest` rather than a full sort, so it scales to global masks over ~1e8 scores.
     """
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k <= 0:
         return mask
     if k >= scores.numel():
         return mask.fill_(True)
-    threshold = torch.kthvalue(scores, k).values
+    threshold = kth_smallest(scores, k)
     mask = scores < threshold
     missing = k - int(mask.sum())
     ties = torch.nonzero(scores == threshold).flatten()[:missing]

@@ -139,25 +139,23 @@ def obs_prune_(W: torch.Tensor, U: torch.Tensor, parts: list[tuple[slice, float]
         end = min(start + blocksize, columns)
         W1, U1 = W[:, start:end].clone(), U[start:end, start:end]
         d = torch.diag(U1)
-        errors = torch.zeros_like(W1)
-        mask = torch.zeros_like(W1, dtype=torch.bool)
+        errors = torch.empty_like(W1)
+        kept = torch.ones_like(W1, dtype=torch.bool)
         if nm is None:
             for rows, sparsity in parts:
-                mask[rows] = layerwise_mask(W1[rows].pow(2) / d.pow(2), sparsity)
+                kept[rows] = layerwise_mask(W1[rows].pow(2) / d.pow(2), sparsity).logical_not_()
         for first in range(0, end - start, run):
             last = min(first + run, end - start)
             for i in range(first, last):
                 if nm is not None and i % nm[1] == 0:
                     group = slice(i, i + nm[1])
-                    mask[:, group] = nm_mask(W1[:, group].pow(2) / d[group].pow(2), *nm, layer=layer)
-                w = W1[:, i]
-                q = w.masked_fill(mask[:, i], 0)
-                err = (w - q) / d[i]
-                W1[:, i] = q
+                    kept[:, group] = nm_mask(W1[:, group].pow(2) / d[group].pow(2), *nm, layer=layer).logical_not_()
+                # err = (w - q) / d_i: w / d_i where pruned (q = 0), 0 where kept (q = w); column i changes no more
+                # after this step, so its pruned weights are zeroed with the block's, once it ends
+                err = torch.div(W1[:, i], d[i], out=errors[:, i]).masked_fill_(kept[:, i], 0)
                 W1[:, i + 1 : last].addr_(err, U1[i, i + 1 : last], alpha=-1)
-                errors[:, i] = err
             W1[:, last:].addmm_(errors[:, first:last], U1[first:last, last:], alpha=-1)
-        W[:, start:end] = W1
+        W[:, start:end] = W1.masked_fill_(kept.logical_not_(), 0)
         W[:, end:].addmm_(errors, U[start:end, end:], alpha=-1)
 
 
