@@ -6,13 +6,15 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
 
 from prunecli.errors import PruneError
 from prunecli.methods import METHODS, PruneContext
 from prunecli.methods.allocation import ALLOCATIONS, owl_block_sparsities
 from prunecli.methods import layerwise
 from prunecli.methods.masks import layerwise_mask, prune_count, rowwise_mask
-from prunecli.methods.sparsegpt import obs_factor, one_cpu_thread, sparsegpt_layer, sparsegpt_shared
+from prunecli.methods.floor import counted_rules
+from prunecli.methods.sparsegpt import obs_factor, obs_flops, one_cpu_thread, sparsegpt_layer, sparsegpt_shared
 from prunecli.methods.statistics import Hessian, InputNorms, collect_inputs, shared_inputs
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models.layout import blocks_of
@@ -167,6 +169,17 @@ def test_layers_sharing_an_input_are_pruned_as_if_one_by_one(rows, sparsities, n
     for a, b in zip(alone, stacked):
         assert torch.equal(a == 0, b == 0)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows, columns, blocksize, nm", [(5, 300, 128, None), (3, 40, 7, None), (4, 96, 30, (2, 4)), (2, 64, 128, (4, 8))])
+def test_obs_flops_is_what_the_column_loop_runs(rows, columns, blocksize, nm):
+    """The formula (counted for the loops run on worker threads, where the FLOP counter cannot see them) equals the
+    counter's own count of the loop, over several blocks and runs, ragged ones and N:M's included."""
+    X = torch.randn(4 * columns, columns, generator=torch.Generator().manual_seed(0))
+    factor, weight = obs_factor(X.t() @ X, 0.01, "", []), torch.randn(rows, columns)
+    with FlopCounterMode(display=False, custom_mapping=counted_rules()) as counter:
+        sparsegpt_shared([weight], factor, [0.5], nm, blocksize)
+    assert counter.get_total_flops() == obs_flops(rows, columns)
 
 
 def test_shared_inputs_group_the_layers_fed_one_tensor():

@@ -81,30 +81,32 @@ def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, d
     return best
 
 
-_active_counters = 0
+_open: list[tuple[dict[str, int], str]] = []  # the open counting blocks' (flops, key), innermost last
 
 
 @contextmanager
 def counting(active: bool, flops: dict[str, int], key: str) -> Iterator[None]:
     """Add the FLOPs run inside (the :func:`counted_rules` over ``torch.utils.flop_counter``'s) to
-    ``flops[key]``; nothing when not ``active``. The counter sees only the thread it was entered on
-    (:func:`is_counting`)."""
-    global _active_counters
+    ``flops[key]``; nothing when not ``active``. The counter sees only the thread it was entered on: work
+    handed to other threads is added by :func:`count_elsewhere`."""
     if not active:
         yield
         return
-    _active_counters += 1
+    _open.append((flops, key))
     try:
         with FlopCounterMode(display=False, custom_mapping=counted_rules()) as counter:
             yield
     finally:
-        _active_counters -= 1
+        _open.pop()
     flops[key] += counter.get_total_flops()
 
 
-def is_counting() -> bool:
-    """Whether a :func:`counting` block is open: work handed to other threads now would go uncounted."""
-    return _active_counters > 0
+def count_elsewhere(flops: int) -> None:
+    """Add ``flops``, of work run where the open :func:`counting` block cannot see it (other threads), to that
+    block's count; nothing when none is open."""
+    if _open:
+        counts, key = _open[-1]
+        counts[key] += flops
 
 
 def matmul_shapes(layers: dict[str, nn.Module], tokens: int) -> set[tuple[int, int, int]]:

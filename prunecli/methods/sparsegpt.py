@@ -20,9 +20,10 @@ Layers fed the very same input (q/k/v, gate/up; :func:`~prunecli.methods.statist
 have one ``H``, so they share one factor ``U`` and one column loop, their rows stacked: a row's
 updates depend only on that row and ``U``, and each layer's mask is still chosen among its own
 rows, so the result is that of pruning them one by one (``obs_schedule=per_layer``, the reference
-code's order). The block's factors are computed first, on all threads; then, on CPU, the column
-loops (thousands of tiny ops, which intra-op threads slow down) run side by side, one thread each
-(one after another in the block whose FLOPs :mod:`~prunecli.methods.floor` counts).
+code's order). The block's factors are computed first, on all threads; then the column loops run on
+worker threads, on CPU side by side, one thread each (thousands of tiny ops, which intra-op threads slow
+down); their FLOPs, which :mod:`~prunecli.methods.floor`'s counter cannot see there, are counted by
+formula (:func:`obs_flops`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 
 from prunecli.errors import PruneError
 from prunecli.methods import CalibratedOptions, Method, PruneContext, register
-from prunecli.methods.floor import is_counting
+from prunecli.methods.floor import count_elsewhere
 from prunecli.methods.layerwise import prune_layerwise
 from prunecli.methods.masks import check_nm_fits, layerwise_mask, nm_mask
 from prunecli.methods.statistics import Hessian, shared_inputs
@@ -53,23 +54,24 @@ INNER_COLUMNS = 8  # columns per run of rank-1 updates inside a block (module do
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, layer: str, warnings: list) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp * I)^-1``, raising the damping until it factors.
+    """``U``, the upper Cholesky factor of ``(H + damp * I)^-1`` (``H^-1 = U^T U``), raising the damping until ``H`` factors.
 
-    ``hessian`` is overwritten (its diagonal damped), and each intermediate factor is freed as soon as
-    the next exists: at most three n x n matrices at a time."""
+    With ``J`` the reversal of rows and columns, the Cholesky factor of ``J H J = L L^T`` gives ``H = M M^T`` for the
+    upper triangular ``M = J L J``; so ``H^-1 = M^-T M^-1`` and ``U = M^-1`` (positive diagonal: the factor is
+    unique): one factorisation and one triangular solve, where factoring ``H``, inverting it from its factor and
+    factoring the inverse took two of each (the same ``U`` up to float rounding, closer to float64's).
+    ``hessian`` is overwritten (its diagonal damped, then its memory reused), and at most three n x n matrices
+    live at a time."""
     diagonal = torch.arange(hessian.shape[0], device=hessian.device)
     undamped = torch.diag(hessian)  # a copy
     mean_diag = torch.mean(undamped)
     for attempt in range(MAX_DAMPING_RETRIES):
         hessian[diagonal, diagonal] = undamped + percdamp * mean_diag
-        factor, info = torch.linalg.cholesky_ex(hessian)
+        lower, info = torch.linalg.cholesky_ex(hessian.flip(0, 1))
         if info == 0:
-            inverse = torch.cholesky_inverse(factor)
-            del factor
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if info == 0:
-                return upper
+            upper = lower.flip(0, 1)  # M
+            del lower
+            return torch.linalg.solve_triangular(upper, hessian.zero_().fill_diagonal_(1), upper=True)
         raised = percdamp * 10 if percdamp > 0 else RETRY_DAMPING
         log.warning("sparsegpt: Hessian of %s is not positive definite with percdamp=%g; retrying with %g", layer, percdamp, raised)
         warnings.append({"layer": layer, "percdamp": raised})
@@ -127,6 +129,14 @@ def sparsegpt_shared(weights: list[torch.Tensor], factor: tuple[torch.Tensor, to
     obs_prune_(W, U, parts, nm, blocksize, layer)
     for weight, pruned in zip(weights, W.split(rows)):
         weight.copy_(pruned.to(weight.dtype))
+
+
+def obs_flops(rows: int, columns: int) -> int:
+    """The FLOPs of :func:`obs_prune_`'s updates of ``rows x columns`` (2 per multiply-add): every column's error
+    reaches every later column once -- by the rank-1 updates of its run, its run's update of the block's later
+    columns or its block's of all later ones -- one multiply-add per row and pair of columns:
+    ``rows * columns * (columns - 1)``, whatever the blocks and runs."""
+    return rows * columns * (columns - 1)
 
 
 def obs_prune_(W: torch.Tensor, U: torch.Tensor, parts: list[tuple[slice, float]], nm: tuple[int, int] | None,
@@ -193,15 +203,10 @@ def sparsegpt(ctx: PruneContext) -> None:
                 sparsegpt_shared([weight_matrix(layers[name]) for name in names], factor, [ctx.sparsity_of(name) for name in names],
                                  ctx.nm, options.blocksize, label)
 
-        with one_cpu_thread(ctx.device) as side_by_side:
-            # one after another in the block whose FLOPs are counted (the counter sees one thread)
-            workers = 1 if is_counting() else min(side_by_side, len(groups))
-            if workers == 1:
-                for task in zip(groups, factors, labels):
-                    prune(*task)
-            else:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(prune, groups, factors, labels))
+        count_elsewhere(sum(obs_flops(sum(weight_matrix(layers[name]).shape[0] for name in names), factor[0].shape[0])
+                            for names, factor in zip(groups, factors)))
+        with one_cpu_thread(ctx.device) as side_by_side, ThreadPoolExecutor(min(side_by_side, len(groups))) as pool:
+            list(pool.map(prune, groups, factors, labels))
 
     prune_layerwise(ctx, Hessian, prune_block, "sparsegpt", ctx.options.calibration_batch_size)
     if warnings:
