@@ -103,27 +103,31 @@ def main() -> None:
         return
     layers = {name: module for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)}
 
-    def passes() -> None:
-        with collect_inputs(layers, InputNorms, stop_when_done=True):
+    cpu = torch.device("cpu")
+
+    def passes(onednn: bool = True) -> None:
+        """The two passes, each (as in the pipeline) with the block's weights packed for oneDNN at its start."""
+        linear = (lambda: calibration_linear(block, cpu)) if onednn else nullcontext
+        with collect_inputs(layers, InputNorms, stop_when_done=True), linear():
             for batch in batches:
                 run_until_inputs_collected(batch, block)
-        for batch in batches:
-            batch.run(block)
+        with linear():
+            for batch in batches:
+                batch.run(block)
 
-    cpu = torch.device("cpu")
     if args.heap:
-        with calibration_attention(model, cpu), calibration_linear(model, cpu):
-            alternate(passes, {"default": nullcontext, "reused": reuse_freed_memory}, args.rounds)
+        with calibration_attention(model, cpu):
+            alternate({"default": passes, "reused": inside(reuse_freed_memory, passes)}, args.rounds)
         return
     if args.attention:
-        with reuse_freed_memory(), calibration_linear(model, cpu):
-            alternate(passes, {"sdpa": nullcontext, "chunked": lambda: calibration_attention(model, cpu)}, args.rounds)
+        with reuse_freed_memory():
+            alternate({"sdpa": passes, "chunked": inside(lambda: calibration_attention(model, cpu), passes)}, args.rounds)
         return
     if args.linear:
         with reuse_freed_memory(), calibration_attention(model, cpu):
-            alternate(passes, {"F.linear": nullcontext, "oneDNN": lambda: calibration_linear(model, cpu)}, args.rounds)
+            alternate({"F.linear": lambda: passes(onednn=False), "oneDNN": passes}, args.rounds)
         return
-    with reuse_freed_memory(), calibration_attention(model, cpu), calibration_linear(model, cpu):
+    with reuse_freed_memory(), calibration_attention(model, cpu):
         passes()
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             began = time.perf_counter()
@@ -162,27 +166,33 @@ def time_writes(blocks: list[torch.nn.Module]) -> None:
               f"minor faults median {statistics.median(f for _, f in values):.0f}; {seconds / pages * 1e6:.1f} us per page of weights")
 
 
-def alternate(passes: Callable[[], None], settings: dict[str, Callable[[], ContextManager]], rounds: int) -> None:
-    """``rounds`` rounds of ``passes`` (twice each) under each of the two ``settings`` in turn (after one warm-up
-    under each): the seconds and minor page faults of every round, and the per-round time ratios second / first."""
-    figures: dict[str, list[tuple[float, int]]] = {name: [] for name in settings}
-    for name, setting in settings.items():
+def inside(setting: Callable[[], ContextManager], call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` run inside a fresh ``setting()``."""
+    def run() -> None:
         with setting():
-            passes()
+            call()
+    return run
+
+
+def alternate(runs: dict[str, Callable[[], None]], rounds: int) -> None:
+    """``rounds`` rounds of each of the two ``runs`` (twice each) in turn (after one warm-up of each): the seconds and
+    minor page faults of every round, and the per-round time ratios second / first."""
+    figures: dict[str, list[tuple[float, int]]] = {name: [] for name in runs}
+    for run in runs.values():
+        run()
     for _ in range(rounds):
-        for name, setting in settings.items():
+        for name, run in runs.items():
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             began = time.perf_counter()
-            with setting():
-                passes()
-                passes()
+            run()
+            run()
             figures[name].append((time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
     for name, values in figures.items():
         print(f"{name:8s} s: {', '.join(f'{s:.2f}' for s, _ in values)}  median {statistics.median(s for s, _ in values):.3f}; "
               f"minor faults median {statistics.median(f for _, f in values):.0f}")
     first, second = figures.values()
     ratios = [b[0] / a[0] for a, b in zip(first, second)]
-    print(f"{' / '.join(reversed(settings))} per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
+    print(f"{' / '.join(reversed(runs))} per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

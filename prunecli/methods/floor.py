@@ -11,8 +11,9 @@
   that block's times the number of pruned blocks.
 * Throughput: ``(tokens of a calibration batch) x in @ in x out`` products at each target
   layer's shape of that block, timed on the execution device (warm-up, the fastest of repeats), by
-  ``torch.mm`` and, on CPU, by oneDNN (:mod:`prunecli.models.linear`, what the passes run); the best of
-  them -- the floor assumes every FLOP runs at the best rate this machine reached.
+  ``torch.mm`` and, on CPU, by oneDNN from the plain and from the packed weight (:mod:`prunecli.models.linear`;
+  the passes run the packed one); the best of them -- the floor assumes every FLOP runs at the best rate this
+  machine reached.
 
 ``prune_s / floor_s`` (``metrics.json``: ``floor``) says how far the run is from that floor.
 """
@@ -28,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from prunecli.benchmark.timing import timed
 from prunecli.methods.targets import weight_matrix
-from prunecli.models.linear import ONEDNN_LINEAR, covered, onednn_product
+from prunecli.models.linear import ONEDNN_LINEAR, covered, onednn_product, packed_weight
 
 REPEATS = 5
 
@@ -62,8 +63,8 @@ def counted_rules() -> dict:
 
 
 def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, dtype: torch.dtype = torch.float32) -> float:
-    """The best FLOP/s of ``(m x k) @ (k x n)`` over ``shapes`` and kernels (``torch.mm``; oneDNN's linear on
-    CPU): the fastest of :data:`REPEATS` products after a warm-up, each timed and synchronised by
+    """The best FLOP/s of ``(m x k) @ (k x n)`` over ``shapes`` and kernels (``torch.mm``; oneDNN's linear from the
+    plain and the packed weight on CPU): the fastest of :data:`REPEATS` products after a warm-up, each timed and synchronised by
     :func:`~prunecli.benchmark.timing.timed` (the best rate reached, as the floor assumes; a median let a
     passing slowdown of the machine lower it by a quarter)."""
     best = 0.0
@@ -73,7 +74,8 @@ def matmul_throughput(shapes: set[tuple[int, int, int]], device: torch.device, d
         weight = b.t().contiguous()  # oneDNN's linear multiplies by weight^T = b
         products = [lambda: torch.mm(a, b)]
         if covered(a, weight, None):
-            products.append(lambda: onednn_product(a, weight))
+            packed = packed_weight(weight)
+            products += [lambda: onednn_product(a, weight), lambda: onednn_product(a, packed)]
         for product in products:
             timed(product, device)
             seconds = min(timed(product, device) for _ in range(REPEATS))

@@ -15,7 +15,7 @@ statistics, faster), and the C heap keeps the memory they free for the next batc
 (``ctx.offload``), only the embeddings (step 1) or the one block being calibrated and pruned
 (step 2) are on the execution device. On CPU, during the passes, the blocks' causal attention runs a
 chunk of queries at a time (:mod:`prunecli.models.attention`) and their linear layers multiply by
-oneDNN (:mod:`prunecli.models.linear`).
+oneDNN, from copies of the block's weights packed at the start of each pass (:mod:`prunecli.models.linear`).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
 
     def run_all(index: int, key: str, run: Callable[[BlockBatch], Any]) -> list:
         outputs = []
-        with stage(key):
+        with stage(key), calibration_linear(blocks[index], device):  # the block's weights packed for this pass
             for number, batch in enumerate(batches):
                 with counting(index == counted and number == 0, flops, key):
                     outputs.append(run(batch))
@@ -151,8 +151,7 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
 
     # the passes free and allocate the same activations block after block: keep the freed memory for
     # them (offloading keeps the resident set small instead)
-    with (reuse_freed_memory() if ctx.offload.mode == "none" else nullcontext(), calibration_attention(model, device),
-          calibration_linear(model, device)):
+    with reuse_freed_memory() if ctx.offload.mode == "none" else nullcontext(), calibration_attention(model, device):
         for index, block in enumerate(tqdm(blocks[: last + 1], desc=desc, unit="block")):
             began = time.perf_counter()
             outputs = None
