@@ -159,7 +159,8 @@ def time_writes(blocks: list[torch.nn.Module]) -> None:
             weight.masked_fill_(mask, 0)
         figures["prefaulted" if index % 2 else "faulted"].append(
             (time.perf_counter() - began, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
-    pages = sum(w.numel() * w.element_size() for w in weights) / resource.getpagesize()
+    linears = [module for module in blocks[0].modules() if isinstance(module, torch.nn.Linear)]  # blocks have one shape
+    pages = sum(module.weight.numel() * module.weight.element_size() for module in linears) / resource.getpagesize()
     for name, values in figures.items():
         seconds = statistics.median(s for s, _ in values)
         print(f"{name:10s} per block: {seconds * 1e3:.1f} ms (of {', '.join(f'{s * 1e3:.0f}' for s, _ in values)}), "

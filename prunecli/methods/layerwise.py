@@ -156,12 +156,12 @@ def prune_layerwise(ctx: Any, make_stats: Callable[[int, torch.device], Accumula
             began = time.perf_counter()
             outputs = None
             with ctx.offload.onloaded([block], changed=bool(grouped[index]) and not measure_only):
-                if grouped[index] and not measure_only:  # their weights will be written in place: made writable before
-                    with stage("prune"):                    # the first pass reads them (environment.prefault_for_writing)
-                        prefault_for_writing(p for layer in grouped[index].values() for p in layer.parameters(recurse=False))
-                if grouped[index] and before_block is not None:
-                    before_block(index, grouped[index])
                 if grouped[index]:
+                    if not measure_only:  # their weights will be written in place: made writable before the first
+                        with stage("prune"):  # pass reads them (environment.prefault_for_writing)
+                            prefault_for_writing(p for layer in grouped[index].values() for p in layer.parameters(recurse=False))
+                    if before_block is not None:
+                        before_block(index, grouped[index])
                     with collect_inputs(grouped[index], make_stats, stop_when_done=not measure_only) as stats:
                         if measure_only:
                             outputs = run_all(index, "calibrate", lambda batch: batch.run(block))

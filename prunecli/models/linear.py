@@ -3,10 +3,11 @@
 ``y = x W^T + b``, as ``F.linear``, computed by oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel
 inductor's CPU backend calls) instead of MKL's ``sgemm``, which ``F.linear`` calls on CPU. The MKL that
 PyTorch ships runs its AVX2 code on AMD CPUs; oneDNN runs AVX-512 where the CPU has it. On the 2-core
-AMD EPYC VM (Zen 4) one SmolLM2-135M block's two calibration passes ran 0.911x (0.890-0.929, 5 pairs) the
-time with it (``python scripts/block_profile.py --batch 8 --linear``: the passes with MKL and with oneDNN
-in alternation); there the floor's best-rate products at SmolLM2's shapes (``metrics.json``'s
-``floor.matmul_gflops``) read 211-220 GFLOP/s with oneDNN, 193-204 with MKL alone. Both accumulate in
+AMD EPYC VM (Zen 4) one SmolLM2-135M block's two calibration passes ran 0.901x (0.872-0.950, 5 pairs) the
+time with it, from packed weights (``python scripts/block_profile.py --batch 8 --linear``: the passes with MKL
+and with oneDNN in alternation); there the floor's best-rate products at SmolLM2's shapes (``metrics.json``'s
+``floor.matmul_gflops``) read 222-227 GFLOP/s with oneDNN from the packed weight, 213-220 from the plain one,
+193-204 with MKL alone (``experiments/oneshot_llm/README.md``, "The change of 28b6ed7"). Both accumulate in
 fp32 (oneDNN's fp32 math follows ``torch.get_float32_matmul_precision()``, ``highest`` by default, as MKL's
 does), so results differ in summation order only, not to the bit.
 
