@@ -33,17 +33,21 @@ ONEDNN_LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise",
 ONEDNN_PACK = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if ONEDNN_LINEAR is not None else None
 
 
+def plain_fp32(tensor: torch.Tensor) -> bool:
+    """A contiguous fp32 tensor on CPU: what oneDNN's fast path reads (a strided one takes its slow path)."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous()
+
+
 def packable(weight: torch.Tensor) -> bool:
-    """Whether oneDNN takes ``weight``: a contiguous fp32 matrix on CPU."""
-    return ONEDNN_LINEAR is not None and weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous() and weight.dim() == 2
+    """Whether oneDNN takes ``weight``: a :func:`plain_fp32` matrix."""
+    return ONEDNN_LINEAR is not None and plain_fp32(weight) and weight.dim() == 2
 
 
 def covered(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether oneDNN takes the product: fp32 on CPU, contiguous operands (a strided input takes its slow
-    path), no autograd."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    return (packable(weight) and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in (x, bias) if t is not None)
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+    """Whether oneDNN takes the product: a :func:`packable` weight, :func:`plain_fp32` input and bias, no autograd."""
+    others = (x,) if bias is None else (x, bias)
+    return (packable(weight) and all(plain_fp32(t) for t in others)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (weight, *others))))
 
 
 @torch.no_grad()
