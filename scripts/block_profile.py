@@ -11,7 +11,10 @@ leaves it and inside :func:`~prunecli.environment.reuse_freed_memory`; ``--atten
 transformers' ``sdpa`` (PyTorch's CPU flash kernel) and with
 :func:`~prunecli.models.attention.chunked_causal_attention`; ``--linear``, with ``F.linear`` (MKL) and with
 :func:`~prunecli.models.linear.onednn_linear`; each in alternation (``--rounds`` pairs), with the minor page
-faults of each. ``--prefault`` instead reads and then writes every block's linear weights as a pruning method does
+faults of each. ``--excess`` instead runs SparseGPT's two passes of the block (the statistics pass with the Hessians'
+``X^T X``, then the re-run) ``--rounds`` times and prints, per kind of work, the median seconds against its floor: its
+FLOPs at :func:`~prunecli.methods.floor.matmul_throughput`'s rate, as ``metrics.json``'s ``floor`` counts them.
+``--prefault`` instead reads and then writes every block's linear weights as a pruning method does
 (the statistics pass reads them, the method zeroes half of them), every other block after
 :func:`~prunecli.environment.prefault_for_writing`, and prints the seconds and minor faults per block of each::
 
@@ -21,6 +24,7 @@ faults of each. ``--prefault`` instead reads and then writes every block's linea
     python scripts/block_profile.py --batch 8 --heap
     python scripts/block_profile.py --batch 8 --attention
     python scripts/block_profile.py --batch 8 --linear
+    python scripts/block_profile.py --batch 8 --excess
     python scripts/block_profile.py --prefault
 """
 
@@ -45,7 +49,8 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from prunecli.environment import prefault_for_writing, reuse_freed_memory  # noqa: E402
 from prunecli.methods.layerwise import block_inputs, run_until_inputs_collected  # noqa: E402
-from prunecli.methods.statistics import InputNorms, collect_inputs  # noqa: E402
+from prunecli.methods.floor import counting, matmul_shapes, matmul_throughput  # noqa: E402
+from prunecli.methods.statistics import Hessian, InputNorms, collect_inputs  # noqa: E402
 from prunecli.models import load_model, parse_model  # noqa: E402
 from prunecli.models.attention import calibration_attention  # noqa: E402
 from prunecli.models.layout import blocks_of  # noqa: E402
@@ -79,7 +84,9 @@ def main() -> None:
     mode.add_argument("--attention", action="store_true", help="time the passes with sdpa and with the chunked attention, in alternation")
     mode.add_argument("--linear", action="store_true", help="time the passes with F.linear and with oneDNN's linear, in alternation")
     mode.add_argument("--prefault", action="store_true", help="time reading then writing each block's weights, every other block prefaulted")
-    parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention, --linear: pairs of rounds (each round: the two passes, twice)")
+    mode.add_argument("--excess", action="store_true", help="SparseGPT's two passes: seconds per kind of work against its floor")
+    parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention, --linear: pairs of rounds (each round: the two passes, twice); "
+                                                              "--excess: rounds of the two passes")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose("run")
@@ -115,6 +122,10 @@ def main() -> None:
             for batch in batches:
                 batch.run(block)
 
+    if args.excess:
+        with reuse_freed_memory(), calibration_attention(model, cpu):
+            excess(block, batches, layers, args.rounds)
+        return
     if args.heap:
         with calibration_attention(model, cpu):
             alternate({"default": passes, "reused": inside(reuse_freed_memory, passes)}, args.rounds)
@@ -141,6 +152,91 @@ def main() -> None:
     print(f"one block, {args.windows} windows in batches of {args.batch}: {wall:.2f} s under the profiler; self CPU time:")
     for kind, value in seconds.most_common():
         print(f"  {kind:12s} {value:6.3f} s  {value / total:6.1%}")
+
+
+def excess(block: torch.nn.Module, batches: list, layers: dict[str, torch.nn.Module], rounds: int) -> None:
+    """SparseGPT's passes of ``block`` as the pipeline runs them (its weights packed per pass, the statistics pass cut
+    short before ``down_proj``), ``rounds`` times after one warm-up, timed by kind of work: the linear layers' products
+    (hooks registered after the statistics hooks, so the Hessians are not in them), the Hessians' ``X^T X``, the
+    attention module less its linear layers and Hessians (rotary embedding, scores, softmax, reshapes) and the rest of the block
+    (norms, SiLU x up, residual adds). FLOPs as the floor counts them: the products' and Hessians' by formula, the
+    attention's the counter's count of the warm-up less those; floor seconds at the floor's matmul rate."""
+    cpu = torch.device("cpu")
+    seconds: collections.Counter = collections.Counter()
+    flops: collections.Counter = collections.Counter()
+
+    class TimedHessian(Hessian):
+        def add(self, x: torch.Tensor) -> None:
+            start = time.perf_counter()
+            super().add(x)
+            spent = time.perf_counter() - start
+            seconds["hessians"] += spent
+            if attention_began:  # q/k/v's and o's, added by hooks inside the attention module's call
+                seconds["hessians in attention"] += spent
+            tokens = x.numel() // x.shape[-1]
+            flops["hessians"] += sum(2 * tokens * (band.stop - band.start) * (x.shape[-1] - band.start) for band in self.bands)
+
+    began: dict[str, float] = {}
+
+    def timed_linears() -> list:
+        def before(name: str):
+            return lambda module, args: began.__setitem__(name, time.perf_counter())
+
+        def after(name: str):
+            def hook(module, args, output) -> None:
+                kind = "attention linears" if name.startswith("self_attn.") else "mlp linears"
+                seconds[kind] += time.perf_counter() - began.pop(name)
+                flops[kind] += 2 * (args[0].numel() // args[0].shape[-1]) * module.weight.numel()
+            return hook
+        return [hook for name, module in layers.items()
+                for hook in (module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name)))]
+
+    attention_began: list[float] = []
+    attention_hooks = [block.self_attn.register_forward_pre_hook(lambda module, args, kwargs: attention_began.append(time.perf_counter()), with_kwargs=True),
+                       block.self_attn.register_forward_hook(lambda module, args, output: seconds.update(attention=time.perf_counter() - attention_began.pop()))]
+
+    def passes() -> float:
+        start = time.perf_counter()
+        with collect_inputs(layers, TimedHessian, stop_when_done=True), calibration_linear(block, cpu):
+            hooks = timed_linears()
+            for batch in batches:
+                run_until_inputs_collected(batch, block)
+        for hook in hooks:
+            hook.remove()
+        with calibration_linear(block, cpu):
+            hooks = timed_linears()
+            for batch in batches:
+                batch.run(block)
+        for hook in hooks:
+            hook.remove()
+        return time.perf_counter() - start
+
+    counted = {"passes": 0}
+    with counting(True, counted, "passes"):
+        passes()
+    attention_flops = counted["passes"] - flops["hessians"] - flops["attention linears"] - flops["mlp linears"]
+    rate = matmul_throughput(matmul_shapes(layers, batches[0].hidden.shape[0] * batches[0].hidden.shape[1]), cpu)
+    figures: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(rounds):
+        seconds.clear()
+        flops.clear()
+        total = passes()
+        seconds["attention"] -= seconds["attention linears"] + seconds["hessians in attention"]
+        seconds["rest"] = total - sum(seconds[kind] for kind in ("hessians", "attention linears", "mlp linears", "attention"))
+        for kind, value in seconds.items():
+            figures[kind].append(value)
+        figures["total"].append(total)
+    for hook in attention_hooks:
+        hook.remove()
+    flops["attention"] = attention_flops
+    print(f"SparseGPT's two passes of one block, {len(batches)} batches of {batches[0].hidden.shape[0]} windows, median of {rounds} "
+          f"rounds; floor rate {rate / 1e9:.0f} GFLOP/s")
+    print(f"{'work':18s} {'seconds':>8s} {'GFLOP':>8s} {'GFLOP/s':>8s} {'floor s':>8s} {'excess s':>9s}")
+    for kind in ("mlp linears", "attention linears", "hessians", "attention", "rest", "total"):
+        value = statistics.median(figures[kind])
+        work = sum(flops.values()) if kind == "total" else flops[kind]
+        floor_s = work / rate
+        print(f"{kind:18s} {value:8.3f} {work / 1e9:8.1f} {work / value / 1e9 if work else 0:8.0f} {floor_s:8.3f} {value - floor_s:9.3f}")
 
 
 def time_writes(blocks: list[torch.nn.Module]) -> None:

@@ -14,7 +14,8 @@ from prunecli.methods.allocation import ALLOCATIONS, owl_block_sparsities
 from prunecli.methods import layerwise
 from prunecli.methods.masks import layerwise_mask, prune_count, rowwise_mask
 from prunecli.methods.floor import counted_rules
-from prunecli.methods.sparsegpt import obs_factor, obs_flops, one_cpu_thread, sparsegpt_layer, sparsegpt_shared
+from prunecli.methods.sparsegpt import (INVERSE_LEAF, obs_factor, obs_flops, one_cpu_thread, sparsegpt_layer, sparsegpt_shared,
+                                       upper_triangular_inverse)
 from prunecli.methods.statistics import Hessian, InputNorms, collect_inputs, shared_inputs
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models.layout import blocks_of
@@ -134,6 +135,30 @@ def sparsegpt_paper(W, H, sparsity, blocksize, percdamp=0.01, nm=None):
             W[:, j:i + B] -= torch.outer(E[:, j - i], Hinv[j, j:i + B])
         W[:, i + B:] -= E @ Hinv[i:i + B, i + B:]
     return W * M
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3 * INVERSE_LEAF + 7), seed=st.integers(0, 2**16))
+def test_upper_triangular_inverse_is_the_inverse(n, seed):
+    """Any size (one leaf, halves of odd sizes, several levels): written into ``out``, exactly zero below the
+    diagonal, and the float64 inverse to float32 rounding (a well-conditioned matrix: unit-sized diagonal)."""
+    generator = torch.Generator().manual_seed(seed)
+    upper = (torch.randn(n, n, generator=generator) / n ** 0.5).triu_() + torch.eye(n) * (1 + torch.rand(n, generator=generator))
+    out = torch.full((n, n), float("nan"))
+    result = upper_triangular_inverse(upper, out)
+    assert result is out and torch.equal(torch.tril(out, -1), torch.zeros(n, n))
+    torch.testing.assert_close(out.double(), torch.linalg.inv(upper.double()), rtol=1e-5, atol=1e-5)
+
+
+def test_obs_factor_is_the_upper_cholesky_factor_of_the_damped_inverse():
+    """``U`` of a Hessian wider than one leaf of the triangular inverse: ``chol(inv(H + damp I))`` in float64."""
+    X = correlated_inputs(features=2 * INVERSE_LEAF + 44, tokens=1024, seed=3)
+    H = 2 * X.t() @ X / len(X)
+    U, dead = obs_factor(H, 0.01, "", [])
+    damped = H.double() + 0.01 * torch.diag(H.double()).mean() * torch.eye(len(H), dtype=torch.float64)
+    expected = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
+    assert not dead.any()
+    torch.testing.assert_close(U.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
 @pytest.mark.parametrize("sparsity, nm, blocksize", [(0.5, None, 8), (0.7, None, 16), (0.6, None, 24), (0.5, (2, 4), 8), (0.5, (2, 4), 24), (0.5, (4, 8), 24)])
