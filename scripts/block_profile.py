@@ -36,9 +36,9 @@ import resource
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from prunecli.environment import prefault_for_writing, reuse_freed_memory  # noqa: E402
 from prunecli.methods.layerwise import block_inputs, run_until_inputs_collected  # noqa: E402
-from prunecli.methods.floor import counting, matmul_shapes, matmul_throughput  # noqa: E402
+from prunecli.methods.floor import counting, linear_flops, matmul_shapes, matmul_throughput  # noqa: E402
 from prunecli.methods.statistics import Hessian, InputNorms, collect_inputs  # noqa: E402
 from prunecli.models import load_model, parse_model  # noqa: E402
 from prunecli.models.attention import calibration_attention  # noqa: E402
@@ -178,7 +178,9 @@ def excess(block: torch.nn.Module, batches: list, layers: dict[str, torch.nn.Mod
 
     began: dict[str, float] = {}
 
-    def timed_linears() -> list:
+    @contextmanager
+    def timed_linears() -> Iterator[None]:
+        """Time each linear layer's call and count its FLOPs (the floor's rule), while inside."""
         def before(name: str):
             return lambda module, args: began.__setitem__(name, time.perf_counter())
 
@@ -186,10 +188,15 @@ def excess(block: torch.nn.Module, batches: list, layers: dict[str, torch.nn.Mod
             def hook(module, args, output) -> None:
                 kind = "attention linears" if name.startswith("self_attn.") else "mlp linears"
                 seconds[kind] += time.perf_counter() - began.pop(name)
-                flops[kind] += 2 * (args[0].numel() // args[0].shape[-1]) * module.weight.numel()
+                flops[kind] += linear_flops(args[0], module.weight)
             return hook
-        return [hook for name, module in layers.items()
-                for hook in (module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name)))]
+        hooks = [hook for name, module in layers.items()
+                 for hook in (module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name)))]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     attention_began: list[float] = []
     attention_hooks = [block.self_attn.register_forward_pre_hook(lambda module, args, kwargs: attention_began.append(time.perf_counter()), with_kwargs=True),
@@ -197,18 +204,13 @@ def excess(block: torch.nn.Module, batches: list, layers: dict[str, torch.nn.Mod
 
     def passes() -> float:
         start = time.perf_counter()
-        with collect_inputs(layers, TimedHessian, stop_when_done=True), calibration_linear(block, cpu):
-            hooks = timed_linears()
+        # the timing hooks entered after the statistics hooks: they run after them, so the Hessians are not in the products
+        with collect_inputs(layers, TimedHessian, stop_when_done=True), calibration_linear(block, cpu), timed_linears():
             for batch in batches:
                 run_until_inputs_collected(batch, block)
-        for hook in hooks:
-            hook.remove()
-        with calibration_linear(block, cpu):
-            hooks = timed_linears()
+        with calibration_linear(block, cpu), timed_linears():
             for batch in batches:
                 batch.run(block)
-        for hook in hooks:
-            hook.remove()
         return time.perf_counter() - start
 
     counted = {"passes": 0}
