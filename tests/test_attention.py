@@ -43,7 +43,7 @@ def test_chunked_attention_equals_causal_softmax_attention(batch, kv_heads, grou
     torch.testing.assert_close(output.double(), expected, atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["mask", "dropout", "sliding_window", "float64", "not_causal", "one_query"])
+@pytest.mark.parametrize("case", ["mask", "dropout", "sliding_window", "float64", "not_causal", "one_query", "autograd"])
 def test_what_chunked_attention_does_not_cover_goes_to_sdpa_unchanged(case):
     generator = torch.Generator().manual_seed(0)
     length = 1 if case == "one_query" else 40
@@ -60,6 +60,8 @@ def test_what_chunked_attention_does_not_cover_goes_to_sdpa_unchanged(case):
         query, key, value = query.double(), key.double(), value.double()
     elif case == "not_causal":
         module.is_causal = False
+    elif case == "autograd":
+        query.requires_grad_()
     dropout = 0.5 if case == "dropout" else 0.0
     torch.manual_seed(1)
     expected = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, **kwargs)[0]

@@ -176,16 +176,20 @@ def obs_prune_(W: torch.Tensor, U: torch.Tensor, parts: list[tuple[slice, float]
         if nm is None:
             for rows, sparsity in parts:
                 kept[rows] = layerwise_mask(W1[rows].pow(2) / d.pow(2), sparsity).logical_not_()
+        # err = (w - q) / d_i is w / d_i where pruned (q = 0) and 0 where kept (q = w): w divided by d_i, or by +inf
+        divisors = torch.where(kept, torch.inf, d)
+        # the block's columns (and U1's rows) as views made once: a column costs two ops, one index each
+        weight_columns, error_columns, divisor_columns, u_rows = W1.unbind(1), errors.unbind(1), divisors.unbind(1), U1.unbind(0)
         for first in range(0, end - start, run):
             last = min(first + run, end - start)
             for i in range(first, last):
                 if nm is not None and i % nm[1] == 0:
                     group = slice(i, i + nm[1])
                     kept[:, group] = nm_mask(W1[:, group].pow(2) / d[group].pow(2), *nm, layer=layer).logical_not_()
-                # err = (w - q) / d_i: w / d_i where pruned (q = 0), 0 where kept (q = w); column i changes no more
-                # after this step, so its pruned weights are zeroed with the block's, once it ends
-                err = torch.div(W1[:, i], d[i], out=errors[:, i]).masked_fill_(kept[:, i], 0)
-                W1[:, i + 1 : last].addr_(err, U1[i, i + 1 : last], alpha=-1)
+                    divisors[:, group] = torch.where(kept[:, group], torch.inf, d[group])
+                # column i changes no more after this step: its pruned weights are zeroed with the block's, once it ends
+                err = torch.div(weight_columns[i], divisor_columns[i], out=error_columns[i])
+                W1[:, i + 1 : last].addr_(err, u_rows[i][i + 1 : last], alpha=-1)
             W1[:, last:].addmm_(errors[:, first:last], U1[first:last, last:], alpha=-1)
         W[:, start:end] = W1.masked_fill_(kept.logical_not_(), 0)
         W[:, end:].addmm_(errors, U[start:end, end:], alpha=-1)

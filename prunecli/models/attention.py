@@ -13,7 +13,7 @@ results equal the flash kernel's up to float summation order, not to the bit.
 :func:`chunked_causal_attention` is registered in transformers' ``AttentionInterface`` as
 :data:`IMPLEMENTATION`; :func:`calibration_attention` switches a model to it (from ``sdpa``) for the
 duration of the block passes only, on CPU. Anything it does not cover (an explicit mask, dropout, sliding
-windows, soft-capping, attention sinks, cached keys, another dtype or device) goes to ``sdpa`` unchanged.
+windows, soft-capping, attention sinks, cached keys, another dtype or device, autograd) goes to ``sdpa`` unchanged.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ _CHANGES_THE_MATH = ("softcap", "sliding_window", "s_aux", "sinks", "position_bi
 
 
 def covered(module: nn.Module, query: torch.Tensor, key: torch.Tensor, attention_mask, dropout: float, is_causal, kwargs: dict) -> bool:
-    """Whether the call is plain causal self-attention in fp32 on CPU (else it goes to ``sdpa``)."""
+    """Whether the call is plain causal self-attention in fp32 on CPU, without autograd (else it goes to ``sdpa``)."""
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    return (causal and attention_mask is None and not dropout and query.device.type == "cpu"
+    autograd = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)  # the loop's products write in place
+    return (causal and not autograd and attention_mask is None and not dropout and query.device.type == "cpu"
             and query.dtype == key.dtype == torch.float32 and query.shape[2] == key.shape[2] > 1
             and query.shape[1] % key.shape[1] == 0 and not any(kwargs.get(name) is not None for name in _CHANGES_THE_MATH))
 
@@ -55,17 +56,29 @@ def chunked_causal_attention(module: nn.Module, query: torch.Tensor, key: torch.
     q = query.reshape(batch, kv_heads, group, length, width).transpose(2, 3).reshape(batch * kv_heads, length * group, width)
     k = (key * scale).reshape(batch * kv_heads, length, width)
     v = value.reshape(batch * kv_heads, length, width)
-    out = query.new_empty(batch, length, kv_heads, group, width)
+    return grouped_causal_attention(q, k, v, batch, group), None
+
+
+def grouped_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, group: int) -> torch.Tensor:
+    """The chunk loop (module doc) on the operands laid out for it: ``q`` ``[b * kv, L * group, d]``, the query heads of
+    a key/value head stacked as rows per position (row ``i * group + j``: position ``i``, head ``j`` of the group);
+    ``k`` ``[b * kv, L, d]``, already times the scale; ``v`` ``[b * kv, L, d]``. Returns ``[b, L, kv * group, d]``,
+    contiguous. The chunks' score matrices share one buffer, the size of the last (largest) one."""
+    length, width = k.shape[1], k.shape[2]
+    kv_heads = k.shape[0] // batch
+    out = q.new_empty(batch, length, kv_heads, group, width)
     rows = out.permute(0, 2, 1, 3, 4)  # [b, kv, L, group, d], a view of out
-    above = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=query.device).triu_(1)
+    above = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=q.device).triu_(1)
+    buffer = q.new_empty(k.shape[0] * min(CHUNK, length) * group * length)
     for start in range(0, length, CHUNK):
         end = min(start + CHUNK, length)
-        scores = torch.bmm(q[:, start * group : end * group], k[:, :end].transpose(1, 2))
-        corner = scores.view(batch * kv_heads, end - start, group, end)[..., start:end]
+        scores = buffer[: k.shape[0] * (end - start) * group * end].view(k.shape[0], (end - start) * group, end)
+        torch.bmm(q[:, start * group : end * group], k[:, :end].transpose(1, 2), out=scores)
+        corner = scores.view(k.shape[0], end - start, group, end)[..., start:end]
         corner.masked_fill_(above[: end - start, None, : end - start], float("-inf"))
         torch.softmax(scores, -1, out=scores)
         rows[:, :, start:end] = torch.bmm(scores, v[:, :end]).view(batch, kv_heads, end - start, group, width)
-    return out.view(batch, length, heads, width), None
+    return out.view(batch, length, kv_heads * group, width)
 
 
 AttentionInterface.register(IMPLEMENTATION, chunked_causal_attention)
