@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from prunecli.methods import METHODS, PruneContext
+from prunecli.methods.targets import select_layers
 from prunecli.models.tiny import build_tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +68,7 @@ def tiny_cli_args(corpus):
 def finished_run(result, cwd):
     """The one run folder a successful ``prune run`` left under ``cwd``, and its metrics."""
     assert result.returncode == 0, result.stderr
-    (run_dir,) = sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
+    (run_dir,) = run_dirs(cwd)
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
@@ -81,3 +84,51 @@ def composition_error(*overrides: str) -> str:
     with pytest.raises(PruneError) as err:
         validate(cfg)
     return str(err.value)
+
+
+# the CLI's tiny runs and their failures
+TINY = ["model=tiny_llama", "benchmark.repeats=2", "benchmark.warmup=1", "benchmark.seqlen=16", "data.seqlen=32", "data.max_eval_tokens=256"]
+
+
+def tiny_args(corpus: Path) -> list[str]:
+    """Overrides for a quick CLI run with a quick benchmark: the tiny Llama, calibrated and evaluated on the test corpus."""
+    return [*TINY, "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    """The run folders under ``cwd/outputs``."""
+    return sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
+
+
+def assert_clean_failure(result, cwd: Path, message: str):
+    """``prune`` failed with one line on stderr, ``prune: error: ...message...``, no traceback and no run folder left."""
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("prune: error:") and message in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert run_dirs(cwd) == [], "a failed run left a run directory behind"
+
+
+# a layer-wise method's context on a tiny model, in process
+IGNORE = ["lm_head", "embed", "wte", "wpe", "pooler"]
+
+
+def context(model, method, windows, sparsity=0.5, nm=None, **options):
+    """A :class:`PruneContext` for ``method`` on every linear layer of ``model`` but the embeddings and heads, on CPU,
+    calibrated on ``windows`` in one batch."""
+    layers = select_layers(model, "all", IGNORE)
+    opts = OmegaConf.create({"name": method, "calibration_batch_size": len(windows), **options})
+    return PruneContext(model, layers, sparsity, nm, opts, torch.device("cpu"), calibration=windows)
+
+
+def covered_in_wanda_passes(monkeypatch, kernels) -> tuple[list[bool], torch.nn.Module]:
+    """Wanda's block passes on a tiny Llama (2 blocks, 4 windows of 16 tokens, one batch), with every
+    ``kernels.covered`` verdict recorded: the verdicts and the pruned model."""
+    covered = []
+    original = kernels.covered
+    monkeypatch.setattr(kernels, "covered", lambda *args: covered.append(original(*args)) or covered[-1])
+    model = tiny_model("llama")
+    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
+    METHODS.get("wanda").prune(context(model, "wanda", windows))
+    return covered, model

@@ -5,11 +5,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from prunecli.methods import METHODS
 from prunecli.models import attention
 from prunecli.models.attention import IMPLEMENTATION, calibration_attention, chunked_causal_attention
-from tests.conftest import tiny_model
-from tests.test_oneshot import context
+from tests.conftest import covered_in_wanda_passes, tiny_model
 
 
 class Module(torch.nn.Module):
@@ -88,18 +86,6 @@ def test_calibration_attention_switches_an_sdpa_model_on_cpu_only_while_inside()
     model.config._attn_implementation = "eager"
     with calibration_attention(model, torch.device("cpu")):  # another implementation: left as it is
         assert model.config._attn_implementation == "eager"
-
-
-def covered_in_wanda_passes(monkeypatch, kernels) -> tuple[list[bool], torch.nn.Module]:
-    """Wanda's block passes on a tiny Llama (2 blocks, 4 windows of 16 tokens, one batch), with every
-    ``kernels.covered`` verdict recorded: the verdicts and the pruned model."""
-    covered = []
-    original = kernels.covered
-    monkeypatch.setattr(kernels, "covered", lambda *args: covered.append(original(*args)) or covered[-1])
-    model = tiny_model("llama")
-    windows = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
-    METHODS.get("wanda").prune(context(model, "wanda", windows))
-    return covered, model
 
 
 def test_the_layerwise_passes_run_chunked_attention(monkeypatch):

@@ -2,32 +2,12 @@
 
 import csv
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, finished_run, run_prune, tiny_cli_args
-
-TINY = ["model=tiny_llama", "benchmark.repeats=2", "benchmark.warmup=1", "benchmark.seqlen=16", "data.seqlen=32", "data.max_eval_tokens=256"]
-
-
-def tiny_args(corpus: Path) -> list[str]:
-    return [*TINY, "data/eval=text_file", f"data.eval.path={corpus}", "data/calibration=text_file", f"data.calibration.path={corpus}"]
-
-
-def run_dirs(cwd: Path) -> list[Path]:
-    return sorted(p for p in (cwd / "outputs").glob("*/*") if p.is_dir())
-
-
-def assert_clean_failure(result, cwd: Path, message: str):
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("prune: error:") and message in lines[0], lines[0]
-    assert "Traceback" not in result.stdout + result.stderr
-    assert run_dirs(cwd) == [], "a failed run left a run directory behind"
+from tests.conftest import REPO, assert_clean_failure, finished_run, run_dirs, run_prune, tiny_args, tiny_cli_args
 
 
 @pytest.mark.parametrize(

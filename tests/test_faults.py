@@ -19,8 +19,7 @@ from hypothesis import strategies as st
 
 from prunecli import rundir
 from prunecli.methods.sparsegpt import inverse_hessian_factor
-from tests.conftest import run_prune
-from tests.test_cli import assert_clean_failure, run_dirs, tiny_args
+from tests.conftest import assert_clean_failure, run_dirs, run_prune, tiny_args
 
 PRUNE = [sys.executable, "-c", "from prunecli.cli import main; main()"]
 

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from prunecli.methods.floor import counted_rules
 from prunecli.models import linear
 from prunecli.models.linear import ONEDNN_LINEAR, calibration_linear, onednn_linear, onednn_product, packed_weight
-from tests.test_attention import covered_in_wanda_passes
+from tests.conftest import covered_in_wanda_passes
 
 pytestmark = pytest.mark.skipif(ONEDNN_LINEAR is None, reason="this torch build has no oneDNN (mkldnn) linear")
 

@@ -19,15 +19,7 @@ from prunecli.methods.sparsegpt import (INVERSE_LEAF, obs_factor, obs_flops, one
 from prunecli.methods.statistics import Hessian, InputNorms, collect_inputs, shared_inputs
 from prunecli.methods.targets import select_layers, weight_matrix
 from prunecli.models.layout import blocks_of
-from tests.conftest import finished_run, run_prune, tiny_cli_args, tiny_model
-
-IGNORE = ["lm_head", "embed", "wte", "wpe", "pooler"]
-
-
-def context(model, method, windows, sparsity=0.5, nm=None, **options):
-    layers = select_layers(model, "all", IGNORE)
-    opts = OmegaConf.create({"name": method, "calibration_batch_size": len(windows), **options})
-    return PruneContext(model, layers, sparsity, nm, opts, torch.device("cpu"), calibration=windows)
+from tests.conftest import IGNORE, context, finished_run, run_prune, tiny_cli_args, tiny_model
 
 
 def slow_wanda_masks(model, windows, sparsity):

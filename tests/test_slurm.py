@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_args
 from tests.slurm_cluster import LocalSlurm, unavailable
-from tests.test_cli import tiny_args
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra (hydra-submitit-launcher)")

