@@ -173,8 +173,7 @@ def excess(block: torch.nn.Module, batches: list, layers: dict[str, torch.nn.Mod
             seconds["hessians"] += spent
             if attention_began:  # q/k/v's and o's, added by hooks inside the attention module's call
                 seconds["hessians in attention"] += spent
-            tokens = x.numel() // x.shape[-1]
-            flops["hessians"] += sum(2 * tokens * (band.stop - band.start) * (x.shape[-1] - band.start) for band in self.bands)
+            flops["hessians"] += self.band_flops(x.numel() // x.shape[-1])
 
     began: dict[str, float] = {}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,28 +27,28 @@ sys.path.insert(0, str(REPO))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from prunecli.environment import reuse_freed_memory  # noqa: E402
-from prunecli.methods.floor import matmul_throughput  # noqa: E402
+from prunecli.benchmark.timing import timed  # noqa: E402
+from prunecli.methods.floor import matmul_shapes, matmul_throughput  # noqa: E402
 from prunecli.methods.statistics import Hessian  # noqa: E402
 from prunecli.models import load_model, parse_model  # noqa: E402
 from prunecli.models.attention import CHUNK  # noqa: E402
+from prunecli.models.layout import blocks_of  # noqa: E402
 from prunecli.models.linear import onednn_product  # noqa: E402
+
+CPU = torch.device("cpu")
 
 
 def best_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()
-    fastest = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        call()
-        fastest = min(fastest, time.perf_counter() - began)
-    return fastest
+    """The fastest of ``repeats`` calls after a warm-up, as the floor times its products."""
+    timed(call, CPU)
+    return min(timed(call, CPU) for _ in range(repeats))
 
 
 def hessian_products(features: int, tokens: int) -> tuple[int, dict[str, Callable[[], object]]]:
     """The band FLOPs of one batch's ``X^T X`` and the three ways to add them to the upper triangle."""
     x = torch.randn(tokens, features)
-    hessian = Hessian(features, torch.device("cpu"))
-    flops = sum(2 * tokens * (band.stop - band.start) * (features - band.start) for band in hessian.bands)
+    hessian = Hessian(features, CPU)
+    flops = hessian.band_flops(tokens)
 
     def onednn() -> None:
         xt = x.t().contiguous()  # oneDNN's linear multiplies by weight^T: rows of X^T on both sides
@@ -107,7 +106,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        config = load_model(parse_model(compose("run").model)).model.config
+        model = load_model(parse_model(compose("run").model)).model
+    config, block = model.config, blocks_of(model)[1][0]
     tokens = args.batch * args.seqlen
     hidden, inner = config.hidden_size, config.intermediate_size
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -117,8 +117,8 @@ def main() -> None:
              f"attention, {heads}/{kv_heads} heads of {width}": attention_products(args.batch, kv_heads, heads // kv_heads, args.seqlen, width)}
     libraries = ("MKL", "oneDNN", "OpenBLAS")
     with torch.inference_mode(), reuse_freed_memory():
-        floor_rate = matmul_throughput({(tokens, hidden, hidden), (tokens, hidden, inner), (tokens, inner, hidden),
-                                        (tokens, hidden, kv_heads * width)}, torch.device("cpu"))
+        layers = {name: module for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)}
+        floor_rate = matmul_throughput(matmul_shapes(layers, tokens), CPU)
         rates = {(kind, library): flops / best_seconds(calls[library], args.repeats) / 1e9
                  for library in libraries for kind, (flops, calls) in kinds.items()}
     print(f"{tokens} tokens a batch; the floor's rate (the linear layers' products, best kernel): {floor_rate / 1e9:.0f} GFLOP/s")

@@ -412,3 +412,13 @@ def test_input_statistics_equal_the_float64_formulas(features, batches, seed):
     torch.testing.assert_close(norms.norms().double(), X.pow(2).sum(0).sqrt(), rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="after hessian"):
         hessian.add(xs[0])
+
+
+@pytest.mark.parametrize("features, tokens", [(1, 3), (7, 5), (64, 16), (97, 40)])
+def test_hessian_band_flops_are_what_the_floor_counter_counts_for_one_add(features, tokens):
+    """``Hessian.band_flops`` (the scripts' count of an add) against the floor's own counter over that add."""
+    hessian = Hessian(features, torch.device("cpu"))
+    x = torch.randn(tokens, features)
+    with FlopCounterMode(display=False, custom_mapping=counted_rules()) as counter:
+        hessian.add(x)
+    assert counter.get_total_flops() == hessian.band_flops(tokens) > 0

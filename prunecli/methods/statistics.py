@@ -50,6 +50,10 @@ class Hessian:
         step = -(-features // self.ROW_BLOCKS)
         self.bands = [slice(start, min(start + step, features)) for start in range(0, features, step)]
 
+    def band_flops(self, tokens: int) -> int:
+        """The FLOPs of one :meth:`add` of ``tokens`` rows: 2 per multiply-add of each band's ``X_i^T [X_i ... X_k]``."""
+        return sum(2 * tokens * (band.stop - band.start) * (self.sum_outer.shape[1] - band.start) for band in self.bands)
+
     def add(self, x: torch.Tensor) -> None:
         if self.scaled:
             raise RuntimeError("Hessian.add after hessian(): the sum has been scaled in place")

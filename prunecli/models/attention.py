@@ -56,29 +56,19 @@ def chunked_causal_attention(module: nn.Module, query: torch.Tensor, key: torch.
     q = query.reshape(batch, kv_heads, group, length, width).transpose(2, 3).reshape(batch * kv_heads, length * group, width)
     k = (key * scale).reshape(batch * kv_heads, length, width)
     v = value.reshape(batch * kv_heads, length, width)
-    return grouped_causal_attention(q, k, v, batch, group), None
-
-
-def grouped_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: int, group: int) -> torch.Tensor:
-    """The chunk loop (module doc) on the operands laid out for it: ``q`` ``[b * kv, L * group, d]``, the query heads of
-    a key/value head stacked as rows per position (row ``i * group + j``: position ``i``, head ``j`` of the group);
-    ``k`` ``[b * kv, L, d]``, already times the scale; ``v`` ``[b * kv, L, d]``. Returns ``[b, L, kv * group, d]``,
-    contiguous. The chunks' score matrices share one buffer, the size of the last (largest) one."""
-    length, width = k.shape[1], k.shape[2]
-    kv_heads = k.shape[0] // batch
-    out = q.new_empty(batch, length, kv_heads, group, width)
+    out = query.new_empty(batch, length, kv_heads, group, width)
     rows = out.permute(0, 2, 1, 3, 4)  # [b, kv, L, group, d], a view of out
-    above = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=q.device).triu_(1)
-    buffer = q.new_empty(k.shape[0] * min(CHUNK, length) * group * length)
+    above = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=query.device).triu_(1)
+    buffer = query.new_empty(batch * kv_heads * min(CHUNK, length) * group * length)  # every chunk's scores, in turn
     for start in range(0, length, CHUNK):
         end = min(start + CHUNK, length)
-        scores = buffer[: k.shape[0] * (end - start) * group * end].view(k.shape[0], (end - start) * group, end)
+        scores = buffer[: batch * kv_heads * (end - start) * group * end].view(batch * kv_heads, (end - start) * group, end)
         torch.bmm(q[:, start * group : end * group], k[:, :end].transpose(1, 2), out=scores)
-        corner = scores.view(k.shape[0], end - start, group, end)[..., start:end]
+        corner = scores.view(batch * kv_heads, end - start, group, end)[..., start:end]
         corner.masked_fill_(above[: end - start, None, : end - start], float("-inf"))
         torch.softmax(scores, -1, out=scores)
         rows[:, :, start:end] = torch.bmm(scores, v[:, :end]).view(batch, kv_heads, end - start, group, width)
-    return out.view(batch, length, kv_heads * group, width)
+    return out.view(batch, length, heads, width), None
 
 
 AttentionInterface.register(IMPLEMENTATION, chunked_causal_attention)
