@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    for option in ("batch", "seqlen", "repeats"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         model = load_model(parse_model(compose("run").model)).model
     config, block = model.config, blocks_of(model)[1][0]
