@@ -88,6 +88,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="--heap, --attention, --linear: pairs of rounds (each round: the two passes, twice); "
                                                               "--excess: rounds of the two passes")
     args = parser.parse_args()
+    for option in ("batch", "windows", "rounds"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
         cfg = compose("run")
     model = load_model(parse_model(cfg.model)).model
